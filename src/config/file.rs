@@ -1,0 +1,391 @@
+//! Serde structs that mirror the pipeline YAML key for key.
+//!
+//! Every struct rejects unknown keys. Defaults live here; checks that need
+//! more than one key live in [`super::Pipeline::from_file`]. `docs/pipeline.md`
+//! documents each key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_saphyr::Spanned;
+
+/// The whole pipeline file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    /// Name used in reports and in the default output directory.
+    pub name: String,
+    /// Seed for toy generation, initialisation and restarts.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Named event sources that processes refer to.
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceFile>,
+    /// The physics processes, each a signal or a background.
+    pub processes: Vec<Spanned<ProcessFile>>,
+    /// The event selection and weighting.
+    pub selection: SelectionFile,
+    /// The category model.
+    pub model: Spanned<ModelFile>,
+    /// The quantity that training maximises.
+    #[serde(default)]
+    pub objective: ObjectiveFile,
+    /// The gradient-descent optimiser.
+    #[serde(default)]
+    pub optimizer: OptimizerFile,
+    /// Epochs, restarts and checkpoints.
+    #[serde(default)]
+    pub training: TrainingFile,
+    /// Exact evaluation and baselines.
+    #[serde(default)]
+    pub evaluation: EvaluationFile,
+    /// Output directory; `gato run --out` overrides it.
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// A named source of events: Parquet files or a built-in generator.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceFile {
+    /// Parquet paths or glob patterns.
+    #[serde(default)]
+    pub files: Option<Vec<String>>,
+    /// Column whose value names the process of each row.
+    #[serde(default)]
+    pub process_column: Option<String>,
+    /// A built-in toy generator instead of files.
+    #[serde(default)]
+    pub generator: Option<GeneratorFile>,
+}
+
+/// Settings of a built-in toy generator.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorFile {
+    /// `toy-1d` or `three-class`.
+    pub kind: GeneratorKind,
+    /// Seed of the generator; the pipeline seed when absent.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Events per signal process.
+    #[serde(default)]
+    pub signal: Option<usize>,
+    /// Background events in total, split by cross-section.
+    #[serde(default)]
+    pub background: Option<usize>,
+}
+
+/// The built-in toy generators.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorKind {
+    /// One signal, five backgrounds, one likelihood-ratio score.
+    #[serde(rename = "toy-1d")]
+    Toy1d,
+    /// Two signals, five backgrounds, three softmax-like scores.
+    ThreeClass,
+}
+
+/// One physics process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessFile {
+    /// Process name, as it appears in the `process` column of `events`.
+    pub name: String,
+    /// `signal` or `background`.
+    pub role: Role,
+    /// Name of an entry under `sources`.
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Parquet paths or globs whose rows all belong to this process.
+    #[serde(default)]
+    pub files: Option<Vec<String>>,
+    /// Value of the source's process column for this process; the name when
+    /// absent.
+    #[serde(default)]
+    pub process_value: Option<String>,
+    /// Normalisation of the selected weights.
+    #[serde(default)]
+    pub scale: Option<ScaleFile>,
+}
+
+/// Whether a process is signal or background.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Signal,
+    Background,
+}
+
+/// Per-process normalisation: weights are multiplied by
+/// cross-section × luminosity / sum of generated weights.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleFile {
+    /// Cross-section, in the unit whose inverse `luminosity` uses (e.g. pb).
+    pub cross_section: f64,
+    /// Integrated luminosity (e.g. pb⁻¹).
+    pub luminosity: f64,
+    /// Sum of the generator weights of the process before any selection.
+    pub sum_generated_weights: f64,
+}
+
+/// The selection query and the columns it returns.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionFile {
+    /// Path of a SQL file (relative to the working directory).
+    #[serde(default)]
+    pub sql_file: Option<String>,
+    /// Inline SQL.
+    #[serde(default)]
+    pub sql: Option<String>,
+    /// Output columns of the query that the model cuts on.
+    pub discriminants: Vec<String>,
+    /// Output column holding the event weight.
+    #[serde(default = "default_weight")]
+    pub weight: String,
+    /// What to do with NaN or ±inf in a discriminant or the weight.
+    #[serde(default)]
+    pub non_finite: NonFinitePolicy,
+}
+
+fn default_weight() -> String {
+    "weight".into()
+}
+
+/// Handling of NaN and ±inf values after selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NonFinitePolicy {
+    /// Stop with the counts per process.
+    #[default]
+    Reject,
+    /// Drop the events, with a warning giving the counts.
+    Drop,
+}
+
+/// The category model.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    /// `sigmoid` or `gmm`.
+    pub kind: ModelKind,
+    /// Numbers of categories; one training run per entry.
+    pub categories: Spanned<Vec<usize>>,
+    /// Range of the discriminant, `[low, high]`; `[0, 1]` when absent.
+    #[serde(default)]
+    pub range: Option<Spanned<[f64; 2]>>,
+    /// Sigmoid steepness schedule (sigmoid model only).
+    #[serde(default)]
+    pub steepness: Option<Spanned<ScheduleFile>>,
+    /// Softmax temperature schedule (GMM only).
+    #[serde(default)]
+    pub temperature: Option<Spanned<ScheduleFile>>,
+    /// Base width of the GMM components; the volume-based default when
+    /// absent.
+    #[serde(default)]
+    pub sigma_base: Option<f64>,
+    /// How the GMM means start.
+    #[serde(default)]
+    pub init: GmmInit,
+}
+
+/// The category models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Ordered sigmoid cuts on one discriminant.
+    Sigmoid,
+    /// Gaussian mixture with temperature-softmax assignment.
+    Gmm,
+}
+
+/// Initialisation of the GMM means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GmmInit {
+    /// Raw means drawn from N(0, 2), as gato-hep does.
+    Random,
+    /// Means at the weighted quantiles of the signal discriminant, so every
+    /// component starts with an equal share of the signal.
+    #[default]
+    Quantiles,
+}
+
+/// A value that changes over the epochs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleFile {
+    /// `constant`, `cosine` or `exponential`.
+    #[serde(default)]
+    pub schedule: ScheduleKind,
+    /// Value at the first epoch.
+    pub initial: f64,
+    /// Value at the last epoch; `initial` when absent.
+    #[serde(default, rename = "final")]
+    pub final_value: Option<f64>,
+}
+
+/// Shapes of a schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    #[default]
+    Constant,
+    Cosine,
+    Exponential,
+}
+
+/// The objective.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveFile {
+    /// The per-category significance formula.
+    #[serde(default)]
+    pub significance: SignificanceKind,
+    /// Penalties subtracted from the significance.
+    #[serde(default)]
+    pub penalties: PenaltiesFile,
+}
+
+/// Per-category significance formulas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignificanceKind {
+    /// The Asimov formula, evaluated stably.
+    #[default]
+    Asimov,
+    /// gato-hep's rule: s/√b where s/b < 0.1, Asimov otherwise, b ≥ 1e-9.
+    AsimovGato,
+}
+
+/// The penalties of the objective.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PenaltiesFile {
+    /// λ·Σ relu(threshold − B_k)².
+    #[serde(default)]
+    pub low_background: Option<LowBackgroundFile>,
+    /// λ·Σ relu(√Σw²_k / B_k − max_relative)².
+    #[serde(default)]
+    pub mc_uncertainty: Option<McUncertaintyFile>,
+}
+
+/// The low-background-yield penalty.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LowBackgroundFile {
+    /// Background yield below which a category is penalised.
+    pub threshold: f64,
+    /// Weight λ of the penalty.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+/// The relative-MC-uncertainty penalty.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct McUncertaintyFile {
+    /// Largest tolerated √Σw² / B per category.
+    pub max_relative: f64,
+    /// Weight λ of the penalty.
+    #[serde(default = "one")]
+    pub weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The optimiser.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerFile {
+    /// `rmsprop` or `adam`.
+    #[serde(default)]
+    pub kind: OptimizerKind,
+    /// Learning-rate schedule; cosine from 0.1 to 0.001 when absent.
+    #[serde(default)]
+    pub learning_rate: Option<Spanned<ScheduleFile>>,
+}
+
+/// The optimisers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    /// RMSprop with ρ = 0.9 and ε = 1e-7 (Keras's defaults).
+    #[default]
+    Rmsprop,
+    /// Adam with β₁ = 0.9, β₂ = 0.999 and ε = 1e-7.
+    Adam,
+}
+
+/// Epochs, restarts and which parameters are kept.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingFile {
+    /// Gradient steps per run.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Independent initialisations per number of categories; the best is kept.
+    #[serde(default = "default_restarts")]
+    pub restarts: usize,
+    /// `best` keeps the epoch with the highest hard significance, `last` the
+    /// final epoch.
+    #[serde(default)]
+    pub checkpoint: Checkpoint,
+}
+
+impl Default for TrainingFile {
+    fn default() -> Self {
+        TrainingFile {
+            epochs: default_epochs(),
+            restarts: default_restarts(),
+            checkpoint: Checkpoint::default(),
+        }
+    }
+}
+
+fn default_epochs() -> usize {
+    250
+}
+
+fn default_restarts() -> usize {
+    1
+}
+
+/// Which epoch's parameters a run keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpoint {
+    /// The epoch whose hard categories have the highest significance.
+    #[default]
+    Best,
+    /// The final epoch.
+    Last,
+}
+
+/// Exact evaluation settings.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationFile {
+    /// Bins of the histogram the dynamic-programming optimum searches.
+    #[serde(default = "default_dp_bins")]
+    pub dp_bins: usize,
+}
+
+impl Default for EvaluationFile {
+    fn default() -> Self {
+        EvaluationFile { dp_bins: default_dp_bins() }
+    }
+}
+
+fn default_dp_bins() -> usize {
+    1000
+}

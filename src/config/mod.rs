@@ -1,0 +1,678 @@
+//! Pipeline configuration: the YAML file, `${VAR}` substitution, and the
+//! validated [`Pipeline`] that the stages run from.
+//!
+//! Reading happens in three steps: the text is read and its `${VAR}`
+//! references replaced ([`env`]), serde-saphyr parses it into the raw structs
+//! of [`file`] (unknown keys and wrong types fail there, with line and
+//! column), and [`Pipeline::from_file`] checks what involves several keys or
+//! the file system and resolves globs.
+
+pub mod env;
+pub mod file;
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::{Location, Spanned};
+
+pub use file::{
+    Checkpoint, GeneratorKind, GmmInit, ModelKind, NonFinitePolicy, OptimizerKind, Role,
+    SignificanceKind,
+};
+pub use schedule::Schedule;
+
+use crate::error::{Error, Result};
+use file::{PipelineFile, ScheduleFile, ScheduleKind};
+
+/// A validated pipeline, ready to run.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Name used in reports.
+    pub name: String,
+    /// Path of the pipeline file, or `<string>` when parsed from text.
+    pub origin: String,
+    /// The pipeline text after `${VAR}` substitution, echoed in summary.json.
+    pub text: String,
+    /// Seed for generation, initialisation and restarts.
+    pub seed: u64,
+    /// Distinct event inputs, each read once.
+    pub inputs: Vec<Input>,
+    /// Processes, in the order of the file.
+    pub processes: Vec<Process>,
+    /// The selection query and its output columns.
+    pub selection: Selection,
+    /// The category model and its schedules.
+    pub model: ModelSpec,
+    /// Significance formula and penalties.
+    pub objective: ObjectiveSpec,
+    /// Optimiser and learning-rate schedule.
+    pub optimizer: OptimizerSpec,
+    /// Epochs, restarts and checkpointing.
+    pub training: file::TrainingFile,
+    /// Exact-evaluation settings.
+    pub evaluation: file::EvaluationFile,
+    /// Output directory.
+    pub output: PathBuf,
+}
+
+/// One input of events, read once even when several processes share it.
+#[derive(Debug, Clone)]
+pub struct Input {
+    /// Where the events come from.
+    pub kind: InputKind,
+    /// How rows are assigned to processes.
+    pub assign: ProcessAssign,
+}
+
+impl Input {
+    /// A short label for messages and output file names.
+    pub fn label(&self) -> String {
+        match &self.kind {
+            InputKind::File(path) => path.display().to_string(),
+            InputKind::Generator { source, .. } => format!("generator `{source}`"),
+        }
+    }
+}
+
+/// Where an input's events come from.
+#[derive(Debug, Clone)]
+pub enum InputKind {
+    /// A Parquet file.
+    File(PathBuf),
+    /// A built-in toy generator, under the name of its source.
+    Generator { source: String, spec: crate::toy::ToySpec },
+}
+
+/// How the rows of an input are assigned to processes.
+#[derive(Debug, Clone)]
+pub enum ProcessAssign {
+    /// Every row belongs to the process with this index.
+    All(usize),
+    /// The value of `column` names the process; rows with other values are
+    /// not in any process and are left out of `events`.
+    ByColumn { column: String, values: BTreeMap<String, usize> },
+}
+
+/// A validated process.
+#[derive(Debug, Clone)]
+pub struct Process {
+    /// Name, as in the `process` column of `events`.
+    pub name: String,
+    /// Signal or background.
+    pub role: Role,
+    /// Factor applied to the selected weights (1 without a `scale`).
+    pub scale: f64,
+}
+
+/// The validated selection.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// The SQL text.
+    pub sql: String,
+    /// Output columns the model cuts on.
+    pub discriminants: Vec<String>,
+    /// Output column holding the event weight.
+    pub weight: String,
+    /// Handling of NaN and ±inf.
+    pub non_finite: NonFinitePolicy,
+}
+
+/// The validated model settings.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// Sigmoid cuts or Gaussian mixture.
+    pub kind: ModelKind,
+    /// Numbers of categories, one training run each.
+    pub categories: Vec<usize>,
+    /// Range `[low, high]` of each discriminant.
+    pub range: (f64, f64),
+    /// Sigmoid steepness over the epochs.
+    pub steepness: Schedule,
+    /// GMM temperature over the epochs.
+    pub temperature: Schedule,
+    /// GMM base width; `None` for the volume-based default.
+    pub sigma_base: Option<f64>,
+    /// GMM initialisation.
+    pub init: GmmInit,
+}
+
+/// The validated objective.
+#[derive(Debug, Clone)]
+pub struct ObjectiveSpec {
+    /// Per-category significance formula.
+    pub significance: SignificanceKind,
+    /// `(threshold, λ)` of the low-background penalty.
+    pub low_background: Option<(f64, f64)>,
+    /// `(max_relative, λ)` of the MC-uncertainty penalty.
+    pub mc_uncertainty: Option<(f64, f64)>,
+}
+
+/// The validated optimiser.
+#[derive(Debug, Clone)]
+pub struct OptimizerSpec {
+    /// RMSprop or Adam.
+    pub kind: OptimizerKind,
+    /// Learning rate over the epochs.
+    pub learning_rate: Schedule,
+}
+
+impl Pipeline {
+    /// Reads, substitutes, parses and validates the pipeline at `path`.
+    pub fn load(path: &Path) -> Result<Pipeline> {
+        let raw = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read pipeline {}: {e}", path.display()))
+        })?;
+        Self::from_text(&raw, &path.display().to_string())
+    }
+
+    /// Substitutes, parses and validates pipeline text; `origin` names it in
+    /// messages.
+    pub fn from_text(raw: &str, origin: &str) -> Result<Pipeline> {
+        let text = env::substitute(raw, |name| std::env::var(name).ok())
+            .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        let file: PipelineFile = serde_saphyr::from_str(&text)
+            .map_err(|e| Error::Config(format!("{origin}: invalid pipeline: {e}")))?;
+        Self::from_file(file, text, origin)
+    }
+
+    /// Validates a parsed pipeline.
+    pub fn from_file(file: PipelineFile, text: String, origin: &str) -> Result<Pipeline> {
+        let at = |loc: &Location, key: &str, message: String| {
+            Error::Config(format!(
+                "{origin}:{}:{}: {key}: {message}",
+                loc.line(),
+                loc.column()
+            ))
+        };
+        let plain = |key: &str, message: String| Error::Config(format!("{origin}: {key}: {message}"));
+
+        let processes = validate_processes(&file, &at)?;
+        let inputs = resolve_inputs(&file, &at, &plain)?;
+        let selection = validate_selection(&file, &plain)?;
+        let model = validate_model(&file.model, &at)?;
+        let objective = validate_objective(&file, &plain)?;
+        let learning_rate = match &file.optimizer.learning_rate {
+            Some(spanned) => schedule_from(spanned, "optimizer.learning_rate", true, &at)?,
+            None => Schedule::new(ScheduleKind::Cosine, 0.1, 0.001),
+        };
+        if file.training.epochs == 0 {
+            return Err(plain("training.epochs", "must be at least 1, got 0".into()));
+        }
+        if file.training.restarts == 0 {
+            return Err(plain("training.restarts", "must be at least 1, got 0".into()));
+        }
+        if file.evaluation.dp_bins < 2 {
+            return Err(plain(
+                "evaluation.dp_bins",
+                format!("must be at least 2, got {}", file.evaluation.dp_bins),
+            ));
+        }
+        let output = PathBuf::from(
+            file.output.clone().unwrap_or_else(|| format!("runs/{}", file.name)),
+        );
+        Ok(Pipeline {
+            name: file.name.clone(),
+            origin: origin.to_string(),
+            text,
+            seed: file.seed,
+            inputs,
+            processes,
+            selection,
+            model,
+            objective,
+            optimizer: OptimizerSpec { kind: file.optimizer.kind, learning_rate },
+            training: file.training.clone(),
+            evaluation: file.evaluation.clone(),
+            output,
+        })
+    }
+
+    /// Indices of the signal processes.
+    pub fn signal_indices(&self) -> Vec<usize> {
+        self.role_indices(Role::Signal)
+    }
+
+    /// Indices of the background processes.
+    pub fn background_indices(&self) -> Vec<usize> {
+        self.role_indices(Role::Background)
+    }
+
+    fn role_indices(&self, role: Role) -> Vec<usize> {
+        (0..self.processes.len()).filter(|&i| self.processes[i].role == role).collect()
+    }
+
+    /// Paths of the input files (generators excluded).
+    pub fn input_paths(&self) -> Vec<&Path> {
+        self.inputs
+            .iter()
+            .filter_map(|input| match &input.kind {
+                InputKind::File(path) => Some(path.as_path()),
+                InputKind::Generator { .. } => None,
+            })
+            .collect()
+    }
+}
+
+type AtFn<'a> = dyn Fn(&Location, &str, String) -> Error + 'a;
+type PlainFn<'a> = dyn Fn(&str, String) -> Error + 'a;
+
+fn validate_processes(file: &PipelineFile, at: &AtFn) -> Result<Vec<Process>> {
+    let mut processes: Vec<Process> = Vec::new();
+    for spanned in &file.processes {
+        let p = &spanned.value;
+        let loc = &spanned.referenced;
+        if p.name.is_empty() {
+            return Err(at(loc, "processes.name", "must not be empty".into()));
+        }
+        if processes.iter().any(|q| q.name == p.name) {
+            return Err(at(loc, "processes.name", format!("process `{}` is defined twice", p.name)));
+        }
+        let scale = match &p.scale {
+            None => 1.0,
+            Some(s) => {
+                let positive = |v: f64| v.is_finite() && v > 0.0;
+                if !positive(s.cross_section)
+                    || !positive(s.luminosity)
+                    || !positive(s.sum_generated_weights)
+                {
+                    return Err(at(
+                        loc,
+                        "processes.scale",
+                        format!(
+                            "process `{}`: cross_section, luminosity and \
+                             sum_generated_weights must be finite and positive, got \
+                             {}, {}, {}",
+                            p.name, s.cross_section, s.luminosity, s.sum_generated_weights
+                        ),
+                    ));
+                }
+                s.cross_section * s.luminosity / s.sum_generated_weights
+            }
+        };
+        processes.push(Process { name: p.name.clone(), role: p.role, scale });
+    }
+    let roles = |role: Role| processes.iter().filter(|p| p.role == role).count();
+    let loc = file.processes.first().map(|p| p.referenced);
+    let missing = if processes.is_empty() {
+        Some("the pipeline has no processes; add at least one signal and one background")
+    } else if roles(Role::Signal) == 0 {
+        Some("no process has role `signal`; add one")
+    } else if roles(Role::Background) == 0 {
+        Some("no process has role `background`; add one")
+    } else {
+        None
+    };
+    match (missing, loc) {
+        (Some(message), Some(loc)) => Err(at(&loc, "processes", message.into())),
+        (Some(message), None) => Err(Error::Config(format!("processes: {message}"))),
+        (None, _) => Ok(processes),
+    }
+}
+
+fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec<Input>> {
+    let mut inputs: Vec<Input> = Vec::new();
+    let mut file_index: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    let mut source_inputs: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+
+    // Named sources first, so processes can refer to them.
+    for (name, source) in &file.sources {
+        let key = format!("sources.{name}");
+        let mut indices = Vec::new();
+        match (&source.files, &source.generator) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(plain(&key, "give exactly one of `files` or `generator`".into()));
+            }
+            (None, Some(generator)) => {
+                if source.process_column.is_some() {
+                    return Err(plain(
+                        &key,
+                        "a generator source has its own `process` column; remove \
+                         `process_column`"
+                            .into(),
+                    ));
+                }
+                let spec = crate::toy::ToySpec::from_config(generator, file.seed)
+                    .map_err(|message| plain(&format!("{key}.generator"), message))?;
+                indices.push(inputs.len());
+                inputs.push(Input {
+                    kind: InputKind::Generator { source: name.clone(), spec },
+                    assign: ProcessAssign::ByColumn {
+                        column: "process".into(),
+                        values: BTreeMap::new(),
+                    },
+                });
+            }
+            (Some(patterns), None) => {
+                for path in expand_patterns(patterns).map_err(|m| plain(&key, m))? {
+                    if file_index.contains_key(&path) {
+                        return Err(plain(
+                            &key,
+                            format!("file {} is listed twice", path.display()),
+                        ));
+                    }
+                    file_index.insert(path.clone(), inputs.len());
+                    indices.push(inputs.len());
+                    let assign = match &source.process_column {
+                        Some(column) => {
+                            ProcessAssign::ByColumn { column: column.clone(), values: BTreeMap::new() }
+                        }
+                        None => ProcessAssign::All(usize::MAX),
+                    };
+                    inputs.push(Input { kind: InputKind::File(path), assign });
+                }
+            }
+        }
+        source_inputs.insert(name.as_str(), indices);
+    }
+
+    // Then attach every process to its inputs.
+    for (index, spanned) in file.processes.iter().enumerate() {
+        let p = &spanned.value;
+        let loc = &spanned.referenced;
+        match (&p.source, &p.files) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(at(
+                    loc,
+                    "processes",
+                    format!("process `{}`: give exactly one of `source` or `files`", p.name),
+                ));
+            }
+            (Some(source), None) => {
+                let Some(indices) = source_inputs.get(source.as_str()) else {
+                    let known: Vec<&str> = source_inputs.keys().copied().collect();
+                    return Err(at(
+                        loc,
+                        "processes.source",
+                        format!(
+                            "process `{}` refers to source `{source}`, which is not \
+                             defined; defined sources: [{}]",
+                            p.name,
+                            known.join(", ")
+                        ),
+                    ));
+                };
+                for &i in indices {
+                    attach(&mut inputs[i], index, &p.name, p.process_value.as_deref())
+                        .map_err(|m| at(loc, "processes", m))?;
+                }
+            }
+            (None, Some(patterns)) => {
+                if p.process_value.is_some() {
+                    return Err(at(
+                        loc,
+                        "processes.process_value",
+                        format!(
+                            "process `{}`: `process_value` needs a `source` with a \
+                             `process_column`",
+                            p.name
+                        ),
+                    ));
+                }
+                for path in expand_patterns(patterns).map_err(|m| at(loc, "processes.files", m))? {
+                    if let Some(&i) = file_index.get(&path) {
+                        return Err(at(
+                            loc,
+                            "processes.files",
+                            format!(
+                                "file {} is already used by {}; list it once, as a \
+                                 source with a `process_column` if several processes share it",
+                                path.display(),
+                                inputs[i].label()
+                            ),
+                        ));
+                    }
+                    file_index.insert(path.clone(), inputs.len());
+                    inputs.push(Input { kind: InputKind::File(path), assign: ProcessAssign::All(index) });
+                }
+            }
+        }
+    }
+
+    for input in &inputs {
+        if matches!(input.assign, ProcessAssign::All(usize::MAX)) {
+            return Err(plain(
+                "sources",
+                format!("input {} is not used by any process", input.label()),
+            ));
+        }
+    }
+    inputs.retain(|input| match &input.assign {
+        ProcessAssign::ByColumn { values, .. } => !values.is_empty(),
+        ProcessAssign::All(_) => true,
+    });
+    Ok(inputs)
+}
+
+/// Attaches process `index` to `input`.
+fn attach(input: &mut Input, index: usize, name: &str, value: Option<&str>) -> Result<(), String> {
+    let label = input.label();
+    match &mut input.assign {
+        ProcessAssign::ByColumn { values, .. } => {
+            let value = value.unwrap_or(name).to_string();
+            if values.insert(value.clone(), index).is_some() {
+                return Err(format!(
+                    "two processes select the value `{value}` of the process column of {label}"
+                ));
+            }
+            Ok(())
+        }
+        ProcessAssign::All(owner) if *owner == usize::MAX => {
+            if value.is_some() {
+                return Err(format!(
+                    "process `{name}`: `process_value` needs a source with a `process_column`"
+                ));
+            }
+            *owner = index;
+            Ok(())
+        }
+        ProcessAssign::All(_) => Err(format!(
+            "process `{name}`: {label} has no `process_column` and already belongs to \
+             another process; add a `process_column` to the source"
+        )),
+    }
+}
+
+/// Expands paths and glob patterns, in sorted order within each pattern.
+fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
+    if patterns.is_empty() {
+        return Err("the list of files is empty".into());
+    }
+    let mut paths = Vec::new();
+    for pattern in patterns {
+        let is_glob = pattern.contains(['*', '?', '[']);
+        if !is_glob {
+            let path = PathBuf::from(pattern);
+            if !path.is_file() {
+                return Err(format!(
+                    "input file {pattern} not found; check the path (relative paths are \
+                     relative to the working directory)"
+                ));
+            }
+            paths.push(path);
+            continue;
+        }
+        let entries =
+            glob::glob(pattern).map_err(|e| format!("invalid glob pattern {pattern}: {e}"))?;
+        let mut matched: Vec<PathBuf> = entries.filter_map(|e| e.ok()).filter(|p| p.is_file()).collect();
+        if matched.is_empty() {
+            return Err(format!("glob pattern {pattern} matches no file"));
+        }
+        matched.sort();
+        paths.extend(matched);
+    }
+    Ok(paths)
+}
+
+fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection> {
+    let s = &file.selection;
+    let sql = match (&s.sql, &s.sql_file) {
+        (Some(sql), None) => sql.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
+            plain("selection.sql_file", format!("cannot read SQL file {path}: {e}"))
+        })?,
+        _ => {
+            return Err(plain("selection", "give exactly one of `sql` or `sql_file`".into()));
+        }
+    };
+    if sql.trim().is_empty() {
+        return Err(plain("selection", "the SQL is empty".into()));
+    }
+    if s.discriminants.is_empty() {
+        return Err(plain("selection.discriminants", "name at least one column".into()));
+    }
+    if s.discriminants.len() > 1 {
+        return Err(plain(
+            "selection.discriminants",
+            format!(
+                "{} columns given, but this version of gato cuts on exactly one \
+                 discriminant",
+                s.discriminants.len()
+            ),
+        ));
+    }
+    Ok(Selection {
+        sql,
+        discriminants: s.discriminants.clone(),
+        weight: s.weight.clone(),
+        non_finite: s.non_finite,
+    })
+}
+
+fn validate_model(spanned: &Spanned<file::ModelFile>, at: &AtFn) -> Result<ModelSpec> {
+    let m = &spanned.value;
+    let ks = &m.categories;
+    if ks.value.is_empty() {
+        return Err(at(&ks.referenced, "model.categories", "give at least one K".into()));
+    }
+    if let Some(&k) = ks.value.iter().find(|&&k| k < 2) {
+        return Err(at(
+            &ks.referenced,
+            "model.categories",
+            format!("every number of categories must be at least 2, got {k}"),
+        ));
+    }
+    let range = match &m.range {
+        None => (0.0, 1.0),
+        Some(r) => {
+            let [lo, hi] = r.value;
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return Err(at(
+                    &r.referenced,
+                    "model.range",
+                    format!("must be [low, high] with finite low < high, got [{lo}, {hi}]"),
+                ));
+            }
+            (lo, hi)
+        }
+    };
+    let default = |initial, final_value| Schedule::new(ScheduleKind::Cosine, initial, final_value);
+    let steepness = match &m.steepness {
+        Some(s) => schedule_from(s, "model.steepness", false, at)?,
+        None => default(50.0, 10000.0),
+    };
+    let temperature = match &m.temperature {
+        Some(s) => schedule_from(s, "model.temperature", true, at)?,
+        None => default(1.0, 0.05),
+    };
+    if m.kind == ModelKind::Gmm && m.steepness.is_some() {
+        return Err(at(
+            &spanned.referenced,
+            "model.steepness",
+            "applies to the sigmoid model only; the GMM uses `temperature`".into(),
+        ));
+    }
+    if m.kind == ModelKind::Sigmoid && m.temperature.is_some() {
+        return Err(at(
+            &spanned.referenced,
+            "model.temperature",
+            "applies to the GMM only; the sigmoid model uses `steepness`".into(),
+        ));
+    }
+    if let Some(sigma) = m.sigma_base {
+        if !(sigma.is_finite() && sigma > 0.0) {
+            return Err(at(
+                &spanned.referenced,
+                "model.sigma_base",
+                format!("must be finite and positive, got {sigma}"),
+            ));
+        }
+    }
+    Ok(ModelSpec {
+        kind: m.kind,
+        categories: ks.value.clone(),
+        range,
+        steepness,
+        temperature,
+        sigma_base: m.sigma_base,
+        init: m.init,
+    })
+}
+
+fn validate_objective(file: &PipelineFile, plain: &PlainFn) -> Result<ObjectiveSpec> {
+    let p = &file.objective.penalties;
+    let low_background = match &p.low_background {
+        None => None,
+        Some(l) => {
+            if !(l.threshold.is_finite() && l.threshold >= 0.0) || !(l.weight >= 0.0) {
+                return Err(plain(
+                    "objective.penalties.low_background",
+                    format!(
+                        "threshold and weight must be finite and non-negative, got {} and {}",
+                        l.threshold, l.weight
+                    ),
+                ));
+            }
+            Some((l.threshold, l.weight))
+        }
+    };
+    let mc_uncertainty = match &p.mc_uncertainty {
+        None => None,
+        Some(m) => {
+            if !(m.max_relative.is_finite() && m.max_relative > 0.0) || !(m.weight >= 0.0) {
+                return Err(plain(
+                    "objective.penalties.mc_uncertainty",
+                    format!(
+                        "max_relative must be positive and weight non-negative, got {} and {}",
+                        m.max_relative, m.weight
+                    ),
+                ));
+            }
+            Some((m.max_relative, m.weight))
+        }
+    };
+    Ok(ObjectiveSpec { significance: file.objective.significance, low_background, mc_uncertainty })
+}
+
+/// Validates a schedule: both ends finite and positive, and for a quantity
+/// that is meant to decrease, `final` not above `initial`.
+fn schedule_from(
+    spanned: &Spanned<ScheduleFile>,
+    key: &str,
+    decreasing: bool,
+    at: &AtFn,
+) -> Result<Schedule> {
+    let s = &spanned.value;
+    let final_value = s.final_value.unwrap_or(s.initial);
+    for (name, v) in [("initial", s.initial), ("final", final_value)] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(at(
+                &spanned.referenced,
+                key,
+                format!("`{name}` must be finite and positive, got {v}"),
+            ));
+        }
+    }
+    if decreasing && final_value > s.initial {
+        return Err(at(
+            &spanned.referenced,
+            key,
+            format!(
+                "`final` ({final_value}) is above `initial` ({}); this value is meant to \
+                 decrease over the epochs, so swap them or use a constant schedule",
+                s.initial
+            ),
+        ));
+    }
+    Ok(Schedule::new(s.schedule, s.initial, final_value))
+}

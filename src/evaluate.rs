@@ -1,0 +1,244 @@
+//! Exact evaluation of hard categories on every event, the equidistant
+//! baseline, and the dynamic-programming optimum in 1D.
+//!
+//! Sums run in float64 over events. Weights are signed and summed as they
+//! are; Σw² uses w². Categories with zero or negative background, or zero or
+//! negative signal, score Z = 0 (see [`crate::significance`]) and are
+//! counted in [`CategoryTable::nonpositive_background`].
+
+use serde::Serialize;
+
+use crate::config::{Pipeline, Role, SignificanceKind};
+use crate::select::Events;
+use crate::significance::{category_z, combine};
+
+/// One category of an evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryRow {
+    /// Category index, from 0.
+    pub category: usize,
+    /// Lower edge in the discriminant (1D cut models only).
+    pub lower: Option<f64>,
+    /// Upper edge in the discriminant (1D cut models only).
+    pub upper: Option<f64>,
+    /// Number of selected events (unweighted).
+    pub events: usize,
+    /// Yield of each signal process, in the order of the pipeline.
+    pub signal: Vec<f64>,
+    /// Total background yield.
+    pub background: f64,
+    /// Yield of each background process, in the order of the pipeline.
+    pub background_by_process: Vec<f64>,
+    /// Background sum of weights squared.
+    pub background_sumw2: f64,
+    /// √Σw² / B; `None` where B ≤ 0.
+    pub relative_mc_uncertainty: Option<f64>,
+    /// Z of each signal in this category (other signals count as background).
+    pub z: Vec<f64>,
+}
+
+/// Hard categories evaluated exactly.
+#[derive(Debug, Clone, Serialize)]
+pub struct CategoryTable {
+    /// One row per category.
+    pub categories: Vec<CategoryRow>,
+    /// √(Σ_k Z_k²) per signal.
+    pub z_per_signal: Vec<f64>,
+    /// The objective's combination: Z for one signal, the geometric mean of
+    /// the per-signal values for several.
+    pub z: f64,
+    /// Categories whose background yield is zero or negative.
+    pub nonpositive_background: usize,
+}
+
+impl CategoryTable {
+    /// Whether every category meets the minimum background yield and the
+    /// maximum relative MC uncertainty of the pipeline's penalties.
+    pub fn meets_constraints(&self, pipeline: &Pipeline) -> bool {
+        let low_ok = pipeline
+            .objective
+            .low_background
+            .is_none_or(|(t, _)| self.categories.iter().all(|c| c.background >= t));
+        let mc_ok = pipeline.objective.mc_uncertainty.is_none_or(|(r, _)| {
+            self.categories.iter().all(|c| c.relative_mc_uncertainty.is_some_and(|u| u <= r))
+        });
+        low_ok && mc_ok
+    }
+}
+
+/// Evaluates `assign` (one category per event, each < `k`).
+pub fn evaluate(
+    pipeline: &Pipeline,
+    events: &Events,
+    assign: &[u32],
+    k: usize,
+    edges: Option<&[f64]>,
+) -> CategoryTable {
+    let signals = pipeline.signal_indices();
+    let backgrounds = pipeline.background_indices();
+    let mut yields = vec![vec![0.0f64; k]; pipeline.processes.len()];
+    let mut sumw2 = vec![0.0f64; k];
+    let mut counts = vec![0usize; k];
+    for (p, range) in events.process_ranges.iter().enumerate() {
+        let background = pipeline.processes[p].role == Role::Background;
+        for i in range.clone() {
+            let c = assign[i] as usize;
+            let w = events.weight[i];
+            yields[p][c] += w;
+            counts[c] += 1;
+            if background {
+                sumw2[c] += w * w;
+            }
+        }
+    }
+    table_from_yields(pipeline.objective.significance, &yields, &sumw2, &counts, &signals, &backgrounds, edges)
+}
+
+/// Builds the table from per-process yields [process][category].
+fn table_from_yields(
+    kind: SignificanceKind,
+    yields: &[Vec<f64>],
+    sumw2: &[f64],
+    counts: &[usize],
+    signals: &[usize],
+    backgrounds: &[usize],
+    edges: Option<&[f64]>,
+) -> CategoryTable {
+    let k = sumw2.len();
+    let mut rows = Vec::with_capacity(k);
+    for c in 0..k {
+        let signal: Vec<f64> = signals.iter().map(|&p| yields[p][c]).collect();
+        let background_by_process: Vec<f64> = backgrounds.iter().map(|&p| yields[p][c]).collect();
+        let background: f64 = background_by_process.iter().sum();
+        let total_signal: f64 = signal.iter().sum();
+        let z = signal
+            .iter()
+            .map(|&s| category_z(kind, s, background + total_signal - s))
+            .collect();
+        rows.push(CategoryRow {
+            category: c,
+            lower: edges.map(|e| e[c]),
+            upper: edges.map(|e| e[c + 1]),
+            events: counts[c],
+            signal,
+            background,
+            background_by_process,
+            background_sumw2: sumw2[c],
+            relative_mc_uncertainty: (background > 0.0).then(|| sumw2[c].sqrt() / background),
+            z,
+        });
+    }
+    let z_per_signal: Vec<f64> = (0..signals.len())
+        .map(|i| combine(&rows.iter().map(|r| r.z[i]).collect::<Vec<_>>()))
+        .collect();
+    let z = geometric_mean(&z_per_signal);
+    let nonpositive_background = rows.iter().filter(|r| r.background <= 0.0).count();
+    CategoryTable { categories: rows, z_per_signal, z, nonpositive_background }
+}
+
+/// Geometric mean; the single value for one entry.
+pub fn geometric_mean(values: &[f64]) -> f64 {
+    if values.len() == 1 {
+        return values[0];
+    }
+    if values.iter().any(|&v| v <= 0.0) {
+        return 0.0;
+    }
+    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
+}
+
+/// Category edges of `k` equal bins on `[low, high]`.
+pub fn equidistant_edges(k: usize, low: f64, high: f64) -> Vec<f64> {
+    (0..=k).map(|i| low + (high - low) * i as f64 / k as f64).collect()
+}
+
+/// The best K contiguous groups of a fine histogram.
+#[derive(Debug, Clone, Serialize)]
+pub struct DpOptimum {
+    /// Bins of the histogram.
+    pub bins: usize,
+    /// Category edges, K + 1 values from low to high.
+    pub edges: Vec<f64>,
+    /// Combined significance of the optimum.
+    pub z: f64,
+}
+
+/// Finds the K contiguous groups of a `bins`-bin histogram of the single
+/// discriminant on `[low, high]` that maximise Σ Z², by dynamic
+/// programming in O(K·bins²).
+///
+/// Events outside the range count in the first or last bin. A group is
+/// allowed only if its background yield is positive and, when the pipeline
+/// has a low-background penalty, at least its threshold. Returns `None` for
+/// several signals or discriminants, or when no allowed partition exists.
+pub fn dp_optimum(pipeline: &Pipeline, events: &Events, k: usize, bins: usize) -> Option<DpOptimum> {
+    let signals = pipeline.signal_indices();
+    if signals.len() != 1 || events.discriminants.len() != 1 {
+        return None;
+    }
+    let (low, high) = pipeline.model.range;
+    let mut s = vec![0.0f64; bins];
+    let mut b = vec![0.0f64; bins];
+    for (p, range) in events.process_ranges.iter().enumerate() {
+        let is_signal = pipeline.processes[p].role == Role::Signal;
+        for i in range.clone() {
+            let x = events.discriminants[0][i];
+            let bin = (((x - low) / (high - low)) * bins as f64).floor().clamp(0.0, (bins - 1) as f64) as usize;
+            if is_signal {
+                s[bin] += events.weight[i];
+            } else {
+                b[bin] += events.weight[i];
+            }
+        }
+    }
+    let prefix = |v: &[f64]| -> Vec<f64> {
+        let mut out = vec![0.0; v.len() + 1];
+        for i in 0..v.len() {
+            out[i + 1] = out[i] + v[i];
+        }
+        out
+    };
+    let (cs, cb) = (prefix(&s), prefix(&b));
+    let min_background = pipeline.objective.low_background.map_or(0.0, |(t, _)| t);
+    let kind = pipeline.objective.significance;
+    let group = |i: usize, j: usize| -> Option<f64> {
+        let bg = cb[j] - cb[i];
+        if bg <= 0.0 || bg < min_background {
+            return None;
+        }
+        let z = category_z(kind, cs[j] - cs[i], bg);
+        Some(z * z)
+    };
+    // best[c][j]: max Σ Z² of c groups covering bins [0, j).
+    let mut best = vec![vec![f64::NEG_INFINITY; bins + 1]; k + 1];
+    let mut split = vec![vec![0usize; bins + 1]; k + 1];
+    best[0][0] = 0.0;
+    for c in 1..=k {
+        for j in c..=bins {
+            for i in (c - 1)..j {
+                if best[c - 1][i] == f64::NEG_INFINITY {
+                    continue;
+                }
+                if let Some(z2) = group(i, j) {
+                    let value = best[c - 1][i] + z2;
+                    if value > best[c][j] {
+                        best[c][j] = value;
+                        split[c][j] = i;
+                    }
+                }
+            }
+        }
+    }
+    if best[k][bins] == f64::NEG_INFINITY {
+        return None;
+    }
+    let mut cuts = vec![bins];
+    let mut j = bins;
+    for c in (1..=k).rev() {
+        j = split[c][j];
+        cuts.push(j);
+    }
+    cuts.reverse();
+    let edges = cuts.iter().map(|&i| low + (high - low) * i as f64 / bins as f64).collect();
+    Some(DpOptimum { bins, edges, z: best[k][bins].sqrt() })
+}

@@ -1,0 +1,32 @@
+//! gato learns event categories that maximise the expected significance of
+//! a High Energy Physics analysis.
+//!
+//! ```text
+//! pipeline.yaml ─► config ─► Pipeline
+//!   source    Parquet files or a built-in toy generator, one table `events`
+//!   select    DataFusion SQL: selection, discriminant, event weight
+//!   model     sigmoid cuts or a Gaussian mixture on burn tensors
+//!   objective soft yields ─► Asimov significance − penalties
+//!   optimize  RMSprop or Adam with annealed schedules, restarts
+//!   evaluate  hard categories on every event, baselines, DP optimum
+//!   apply     input rows + `category`, written atomically as Parquet
+//!   report    summary.json and a table on the terminal
+//! ```
+
+pub mod apply;
+pub mod config;
+pub mod error;
+pub mod evaluate;
+pub mod model;
+pub mod objective;
+pub mod optimize;
+pub mod report;
+pub mod run;
+pub mod significance;
+pub mod select;
+pub mod source;
+pub mod toy;
+
+pub use burn;
+pub use datafusion;
+pub use error::{Error, Result};

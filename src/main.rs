@@ -1,0 +1,151 @@
+//! The `gato` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use gato::config::{GeneratorKind, Pipeline};
+use gato::run::{RunOptions, run_pipeline};
+use gato::toy::ToySpec;
+
+/// Learn event categories that maximise the expected significance.
+#[derive(Parser)]
+#[command(name = "gato", version, about, long_about = None)]
+struct Cli {
+    /// Print only errors and warnings, and no progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// More log output: -v for debug, -vv for trace. RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline: select, train, evaluate and write categorised outputs.
+    ///
+    /// Writes summary.json, and per number of categories a directory with
+    /// history.json and one Parquet file per input carrying the `category`
+    /// column. Inputs are never modified.
+    Run {
+        /// Pipeline YAML file.
+        pipeline: PathBuf,
+        /// Output directory (default: the pipeline's `output`, else
+        /// runs/NAME).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Replace the outputs of an earlier run in the output directory.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Check a pipeline without running it: YAML, keys, types, settings and
+    /// input paths.
+    Validate {
+        /// Pipeline YAML file.
+        pipeline: PathBuf,
+    },
+    /// Write a built-in toy sample to a Parquet file.
+    ///
+    /// Columns: process, weight, and score (toy-1d) or score_signal1,
+    /// score_signal2, score_bkg (three-class).
+    Generate {
+        /// Which toy.
+        kind: ToyKind,
+        /// Output Parquet file.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Seed of the random stream.
+        #[arg(long, default_value_t = 42, value_name = "N")]
+        seed: u64,
+        /// Events per signal process (default 100000).
+        #[arg(long, value_name = "N")]
+        signal: Option<usize>,
+        /// Background events in total, split by cross-section (default
+        /// 300000 for toy-1d, 500000 for three-class).
+        #[arg(long, value_name = "N")]
+        background: Option<usize>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ToyKind {
+    /// One signal and five backgrounds with one score.
+    #[value(name = "toy-1d")]
+    Toy1d,
+    /// Two signals and five backgrounds with three scores.
+    ThreeClass,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { pipeline, out, overwrite } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let options = RunOptions {
+                output: out,
+                overwrite,
+                progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                print: true,
+            };
+            runtime.block_on(run_pipeline(&pipeline, &options))?;
+            Ok(())
+        }
+        Command::Validate { pipeline } => {
+            let pipeline = Pipeline::load(&pipeline)?;
+            println!(
+                "{}: valid; {} processes, {} inputs, K = {:?}",
+                pipeline.origin,
+                pipeline.processes.len(),
+                pipeline.inputs.len(),
+                pipeline.model.categories
+            );
+            Ok(())
+        }
+        Command::Generate { kind, out, seed, signal, background } => {
+            let kind = match kind {
+                ToyKind::Toy1d => GeneratorKind::Toy1d,
+                ToyKind::ThreeClass => GeneratorKind::ThreeClass,
+            };
+            let mut spec = ToySpec::new(kind, seed);
+            spec.signal = signal.unwrap_or(spec.signal);
+            spec.background = background.unwrap_or(spec.background);
+            spec.check().map_err(anyhow::Error::msg)?;
+            gato::toy::write_parquet(&spec, &out)?;
+            println!("wrote {} ({} events)", out.display(), spec.counts().iter().map(|c| c.1).sum::<usize>());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("gato={level}")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

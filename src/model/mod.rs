@@ -1,0 +1,116 @@
+//! Category models: [`SigmoidCuts`] and [`GaussianMixture`], behind the
+//! [`CategoryModel`] enum.
+//!
+//! A model's trainable parameters live on the host as [`Params`], a list of
+//! float64 vectors. Each training step turns them into burn tensors that
+//! require gradients, runs [`CategoryModel::membership`] to get each event's
+//! soft category membership, and reads the gradients back. Hard categories
+//! ([`CategoryModel::assign`]) are computed on the host in float64.
+
+mod gmm;
+mod sigmoid;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use rand_chacha::ChaCha8Rng;
+
+pub use gmm::GaussianMixture;
+pub use sigmoid::{SigmoidCuts, category_of};
+
+/// Trainable parameters, one float64 vector per named tensor.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Params {
+    /// Name of each tensor.
+    pub names: Vec<String>,
+    /// Shape of each tensor.
+    pub shapes: Vec<Vec<usize>>,
+    /// Values of each tensor, row-major.
+    pub values: Vec<Vec<f64>>,
+}
+
+impl Params {
+    /// Number of scalar parameters.
+    pub fn len(&self) -> usize {
+        self.values.iter().map(Vec::len).sum()
+    }
+
+    /// Whether there are no parameters.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The tensor called `name`.
+    pub fn get(&self, name: &str) -> &[f64] {
+        let i = self.names.iter().position(|n| n == name).expect("parameter name is known");
+        &self.values[i]
+    }
+}
+
+/// A category model with K categories.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum CategoryModel {
+    /// Ordered sigmoid cuts on one discriminant.
+    Sigmoid(SigmoidCuts),
+    /// Gaussian mixture with temperature-softmax assignment.
+    Gmm(GaussianMixture),
+}
+
+impl CategoryModel {
+    /// Number of categories.
+    pub fn categories(&self) -> usize {
+        match self {
+            CategoryModel::Sigmoid(m) => m.categories,
+            CategoryModel::Gmm(m) => m.components,
+        }
+    }
+
+    /// Soft membership of every event in every category, shape [N, K]; each
+    /// row sums to 1.
+    ///
+    /// `columns` holds one [N, 1] tensor per discriminant; `params` the
+    /// tensors of [`Params`] in order; `anneal` the steepness (sigmoid) or
+    /// temperature (GMM), shape [1].
+    pub fn membership<B: Backend>(
+        &self,
+        columns: &[Tensor<B, 2>],
+        params: &[Tensor<B, 1>],
+        anneal: Tensor<B, 1>,
+    ) -> Tensor<B, 2> {
+        match self {
+            CategoryModel::Sigmoid(m) => m.membership(&columns[0], &params[0], anneal),
+            CategoryModel::Gmm(m) => m.membership(columns, params, anneal),
+        }
+    }
+
+    /// Hard category of every event: `discriminants` holds one vector per
+    /// dimension.
+    pub fn assign(&self, params: &Params, discriminants: &[Vec<f64>]) -> Vec<u32> {
+        match self {
+            CategoryModel::Sigmoid(m) => {
+                let cuts = m.boundaries(params);
+                discriminants[0].iter().map(|&x| sigmoid::category_of(&cuts, x)).collect()
+            }
+            CategoryModel::Gmm(m) => m.assign(params, discriminants),
+        }
+    }
+
+    /// Initial parameters for `restart` (0 is the model's default start).
+    pub fn init(&self, rng: &mut ChaCha8Rng, restart: usize, signal: &[(f64, f64)]) -> Params {
+        match self {
+            CategoryModel::Sigmoid(m) => m.init(rng, restart),
+            CategoryModel::Gmm(m) => m.init(rng, restart, signal),
+        }
+    }
+}
+
+/// Copies a host vector into a rank-1 tensor on `device`.
+pub fn tensor1<B: Backend>(values: &[f64], device: &B::Device) -> Tensor<B, 1> {
+    let data = TensorData::new(values.to_vec(), [values.len()]).convert::<B::FloatElem>();
+    Tensor::from_data(data, device)
+}
+
+/// Copies a tensor back to the host as float64.
+pub fn to_host<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Vec<f64> {
+    tensor.into_data().iter::<f64>().collect()
+}

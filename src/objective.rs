@@ -1,0 +1,164 @@
+//! The differentiable objective: soft yields per category, Asimov
+//! significance per signal, and penalties.
+//!
+//! For membership m [N, K] and event weights w, the soft yield of process p
+//! in category k is Σ_{i∈p} w_i·m_ik and its sum of weights squared
+//! Σ_{i∈p} w_i²·m_ik. Each signal's significance counts the other signals as
+//! background; with several signals the objective is the geometric mean of
+//! their combined significances √(Σ_k Z_k²). The loss is
+//! −Z + λ_low·Σ_k relu(t − B_k)² + λ_mc·Σ_k relu(√Σw²_k / B_k − r)².
+
+use std::ops::Range;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use burn::tensor::activation::relu;
+
+use crate::config::{ObjectiveSpec, Pipeline, Role, SignificanceKind};
+use crate::model::tensor1;
+use crate::select::Events;
+
+/// Events as constant tensors on one device, sorted by process.
+#[derive(Debug, Clone)]
+pub struct EventTensors<B: Backend> {
+    /// One [N, 1] tensor per discriminant.
+    pub columns: Vec<Tensor<B, 2>>,
+    /// Weights, [N, 1].
+    pub weight: Tensor<B, 2>,
+    /// Squared weights, [N, 1].
+    pub weight2: Tensor<B, 2>,
+    /// Event range of each process.
+    pub ranges: Vec<Range<usize>>,
+    /// Role of each process.
+    pub roles: Vec<Role>,
+}
+
+impl<B: Backend> EventTensors<B> {
+    /// Copies the events to `device`.
+    pub fn new(events: &Events, pipeline: &Pipeline, device: &B::Device) -> Self {
+        let n = events.len();
+        let column = |v: &[f64]| tensor1::<B>(v, device).reshape([n, 1]);
+        let squared: Vec<f64> = events.weight.iter().map(|w| w * w).collect();
+        EventTensors {
+            columns: events.discriminants.iter().map(|d| column(d)).collect(),
+            weight: column(&events.weight),
+            weight2: column(&squared),
+            ranges: events.process_ranges.clone(),
+            roles: pipeline.processes.iter().map(|p| p.role).collect(),
+        }
+    }
+}
+
+/// The loss and its parts, each of shape [1].
+#[derive(Debug, Clone)]
+pub struct LossParts<B: Backend> {
+    /// Value to minimise.
+    pub loss: Tensor<B, 1>,
+    /// Objective significance (geometric mean over signals).
+    pub significance: Tensor<B, 1>,
+    /// Low-background penalty, λ included.
+    pub low_background: Tensor<B, 1>,
+    /// MC-uncertainty penalty, λ included.
+    pub mc_uncertainty: Tensor<B, 1>,
+}
+
+/// Computes the loss from soft memberships.
+#[derive(Debug, Clone)]
+pub struct Objective {
+    /// The validated settings.
+    pub spec: ObjectiveSpec,
+}
+
+impl Objective {
+    /// Builds the objective.
+    pub fn new(spec: ObjectiveSpec) -> Objective {
+        Objective { spec }
+    }
+
+    /// Loss and parts for membership `m` [N, K].
+    pub fn compute<B: Backend>(&self, m: Tensor<B, 2>, events: &EventTensors<B>) -> LossParts<B> {
+        let k = m.dims()[1];
+        let device = m.device();
+        let weighted = m.clone() * events.weight.clone();
+        let weighted2 = m * events.weight2.clone();
+        let sum_rows = |t: &Tensor<B, 2>, r: &Range<usize>| -> Tensor<B, 1> {
+            t.clone().slice([r.clone(), 0..k]).sum_dim(0).reshape([k])
+        };
+        let mut signals = Vec::new();
+        let mut background = Tensor::<B, 1>::zeros([k], &device);
+        let mut background2 = Tensor::<B, 1>::zeros([k], &device);
+        for (range, role) in events.ranges.iter().zip(&events.roles) {
+            match role {
+                Role::Signal => signals.push(sum_rows(&weighted, range)),
+                Role::Background => {
+                    background = background + sum_rows(&weighted, range);
+                    background2 = background2 + sum_rows(&weighted2, range);
+                }
+            }
+        }
+
+        let mut log_sum = Tensor::<B, 1>::zeros([1], &device);
+        for (i, s) in signals.iter().enumerate() {
+            let mut b = background.clone();
+            for (j, other) in signals.iter().enumerate() {
+                if j != i {
+                    b = b + other.clone();
+                }
+            }
+            let z = category_z_tensor(self.spec.significance, s.clone(), b);
+            let total = z.powi_scalar(2).sum().clamp_min(1e-30).sqrt();
+            log_sum = log_sum + total.log();
+        }
+        let significance = (log_sum / signals.len() as f64).exp();
+
+        let zero = Tensor::<B, 1>::zeros([1], &device);
+        let low_background = match self.spec.low_background {
+            Some((threshold, lambda)) => {
+                relu(background.clone().neg().add_scalar(threshold)).powi_scalar(2).sum() * lambda
+            }
+            None => zero.clone(),
+        };
+        let mc_uncertainty = match self.spec.mc_uncertainty {
+            Some((max_relative, lambda)) => {
+                let relative = background2.clamp_min(1e-30).sqrt() / background.clamp_min(1e-9);
+                relu(relative.sub_scalar(max_relative)).powi_scalar(2).sum() * lambda
+            }
+            None => zero,
+        };
+        let loss = significance.clone().neg() + low_background.clone() + mc_uncertainty.clone();
+        LossParts { loss, significance, low_background, mc_uncertainty }
+    }
+}
+
+/// Per-category significance on tensors, shape [K].
+///
+/// Both formulas clamp b at 1e-9 so the gradient stays finite; the branch
+/// that is not taken gets a harmless placeholder argument so that its
+/// gradient cannot turn into NaN.
+pub fn category_z_tensor<B: Backend>(
+    kind: SignificanceKind,
+    s: Tensor<B, 1>,
+    b: Tensor<B, 1>,
+) -> Tensor<B, 1> {
+    let b = b.clamp_min(1e-9);
+    let r = s.clone() / b.clone();
+    match kind {
+        SignificanceKind::AsimovGato => {
+            let small = r.clone().lower_elem(0.1);
+            let approx = s.clone() / b.clone().sqrt();
+            let u = ((s.clone() + b) * r.log1p() - s).mul_scalar(2.0);
+            u.mask_fill(small.clone(), 1.0).sqrt().mask_where(small, approx)
+        }
+        SignificanceKind::Asimov => {
+            let small = r.clone().lower_elem(1e-3);
+            let series = (s.clone().powi_scalar(2) / b.clone())
+                * (r.clone().mul_scalar(-1.0 / 3.0)
+                    + r.clone().powi_scalar(2).mul_scalar(1.0 / 6.0)
+                    - r.clone().powi_scalar(3).mul_scalar(0.1))
+                .add_scalar(1.0);
+            let direct = ((s.clone() + b) * r.clone().log1p() - s).mul_scalar(2.0);
+            let z2 = direct.mask_where(small, series);
+            z2.clamp_min(1e-30).sqrt()
+        }
+    }
+}

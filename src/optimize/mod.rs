@@ -1,0 +1,7 @@
+//! Training: the optimiser and the loop that anneals and steps a model.
+
+mod optimizer;
+mod train;
+
+pub use optimizer::Optimizer;
+pub use train::{EpochRecord, TrainOutcome, Trainer};

@@ -1,0 +1,147 @@
+//! [`Trainer`]: the training loop of one model, one K and one start.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::AutodiffBackend;
+use serde::Serialize;
+
+use super::Optimizer;
+use crate::config::{Checkpoint, ModelKind, Pipeline};
+use crate::error::{Error, Result};
+use crate::evaluate::evaluate;
+use crate::model::{CategoryModel, Params, tensor1, to_host};
+use crate::objective::{EventTensors, Objective};
+use crate::select::Events;
+
+/// What one epoch recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct EpochRecord {
+    /// Epoch index, from 0.
+    pub epoch: usize,
+    /// Loss that was minimised.
+    pub loss: f64,
+    /// Soft (differentiable) significance.
+    pub soft_z: f64,
+    /// Hard significance of the same parameters, evaluated exactly.
+    pub hard_z: f64,
+    /// Low-background penalty, λ included.
+    pub low_background_penalty: f64,
+    /// MC-uncertainty penalty, λ included.
+    pub mc_uncertainty_penalty: f64,
+    /// Learning rate of the step taken after this epoch.
+    pub learning_rate: f64,
+    /// Steepness (sigmoid) or temperature (GMM).
+    pub anneal: f64,
+    /// Boundaries of 1D sigmoid cuts.
+    pub boundaries: Option<Vec<f64>>,
+}
+
+/// Result of one training run.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Parameters kept by the checkpoint rule.
+    pub params: Params,
+    /// Epoch whose parameters were kept.
+    pub kept_epoch: usize,
+    /// Soft significance at the kept epoch.
+    pub soft_z: f64,
+    /// Steepness or temperature at the kept epoch.
+    pub anneal: f64,
+    /// Every epoch.
+    pub history: Vec<EpochRecord>,
+}
+
+/// Trains one model on resident event tensors.
+pub struct Trainer<'a, B: AutodiffBackend> {
+    /// The pipeline.
+    pub pipeline: &'a Pipeline,
+    /// The selected events on the host, for exact evaluation.
+    pub events: &'a Events,
+    /// The same events on the device.
+    pub tensors: &'a EventTensors<B>,
+    /// The device.
+    pub device: B::Device,
+}
+
+impl<B: AutodiffBackend> Trainer<'_, B> {
+    /// Runs every epoch from `init`, calling `tick` after each.
+    pub fn train(
+        &self,
+        model: &CategoryModel,
+        init: Params,
+        tick: &mut dyn FnMut(&EpochRecord),
+    ) -> Result<TrainOutcome> {
+        let pipeline = self.pipeline;
+        let epochs = pipeline.training.epochs;
+        let objective = Objective::new(pipeline.objective.clone());
+        let anneal_schedule = match pipeline.model.kind {
+            ModelKind::Sigmoid => pipeline.model.steepness,
+            ModelKind::Gmm => pipeline.model.temperature,
+        };
+        let mut params = init;
+        let mut optimizer = Optimizer::new(pipeline.optimizer.kind, &params);
+        let mut history = Vec::with_capacity(epochs);
+        // (meets constraints, hard Z, epoch, parameters, soft Z, anneal)
+        let mut kept: Option<(bool, f64, usize, Params, f64, f64)> = None;
+
+        for epoch in 0..epochs {
+            // Forward and backward on the device.
+            let learning_rate = pipeline.optimizer.learning_rate.value(epoch, epochs);
+            let anneal = anneal_schedule.value(epoch, epochs);
+            let tensors: Vec<Tensor<B, 1>> =
+                params.values.iter().map(|v| tensor1::<B>(v, &self.device).require_grad()).collect();
+            let m = model.membership(&self.tensors.columns, &tensors, tensor1::<B>(&[anneal], &self.device));
+            let parts = objective.compute(m, self.tensors);
+            let grads = parts.loss.backward();
+            let gradients: Vec<Vec<f64>> = tensors
+                .iter()
+                .map(|t| t.grad(&grads).map(to_host).unwrap_or_else(|| vec![0.0; t.dims()[0]]))
+                .collect();
+            let scalar = |t: Tensor<B, 1>| to_host(t)[0];
+            let loss = scalar(parts.loss);
+            let soft_z = scalar(parts.significance);
+            if !loss.is_finite() || gradients.iter().flatten().any(|g| !g.is_finite()) {
+                return Err(Error::Train(format!(
+                    "the loss or its gradient is not finite at epoch {epoch} (loss {loss}); \
+                     lower the learning rate or check the weights for extreme values"
+                )));
+            }
+
+            // Exact evaluation of the current parameters.
+            let k = model.categories();
+            let assign = model.assign(&params, &self.events.discriminants);
+            let table = evaluate(pipeline, self.events, &assign, k, None);
+            let record = EpochRecord {
+                epoch,
+                loss,
+                soft_z,
+                hard_z: table.z,
+                low_background_penalty: scalar(parts.low_background),
+                mc_uncertainty_penalty: scalar(parts.mc_uncertainty),
+                learning_rate,
+                anneal,
+                boundaries: match model {
+                    CategoryModel::Sigmoid(m) => Some(m.boundaries(&params)),
+                    CategoryModel::Gmm(_) => None,
+                },
+            };
+            let feasible = table.meets_constraints(pipeline);
+            let better = match (&kept, pipeline.training.checkpoint) {
+                (_, Checkpoint::Last) | (None, Checkpoint::Best) => true,
+                (Some((kept_feasible, best, ..)), Checkpoint::Best) => {
+                    (feasible, table.z) > (*kept_feasible, *best)
+                }
+            };
+            if better {
+                kept = Some((feasible, table.z, epoch, params.clone(), soft_z, anneal));
+            }
+            tick(&record);
+            tracing::trace!(epoch, loss, soft_z, hard_z = table.z, "epoch");
+            history.push(record);
+
+            optimizer.step(&mut params, &gradients, learning_rate);
+        }
+        let (_, _, kept_epoch, params, soft_z, anneal) =
+            kept.ok_or_else(|| Error::Internal("no epoch was recorded".into()))?;
+        Ok(TrainOutcome { params, kept_epoch, soft_z, anneal, history })
+    }
+}

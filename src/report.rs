@@ -1,0 +1,233 @@
+//! The run's outputs for people and programs: [`Summary`] (written as
+//! `summary.json`) and the tables printed on the terminal.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::evaluate::{CategoryTable, DpOptimum};
+use crate::model::Params;
+use crate::optimize::EpochRecord;
+
+/// Version of the layout of `summary.json`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Everything a run produced, as written to `summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Layout version of this file.
+    pub schema_version: u32,
+    /// Versions of gato and its numerical stack.
+    pub versions: Versions,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Pipeline file.
+    pub pipeline_origin: String,
+    /// The pipeline text after `${VAR}` substitution.
+    pub pipeline_text: String,
+    /// Seed of the run.
+    pub seed: u64,
+    /// Selected events per process.
+    pub processes: Vec<ProcessSummary>,
+    /// One entry per number of categories.
+    pub runs: Vec<RunSummary>,
+    /// Wall-clock times of the stages, in seconds.
+    pub timings_s: Timings,
+}
+
+/// Software versions.
+#[derive(Debug, Clone, Serialize)]
+pub struct Versions {
+    pub gato: String,
+    pub burn: String,
+    pub datafusion: String,
+}
+
+impl Default for Versions {
+    fn default() -> Self {
+        Versions {
+            gato: env!("CARGO_PKG_VERSION").into(),
+            burn: "0.21.0".into(),
+            datafusion: datafusion::DATAFUSION_VERSION.into(),
+        }
+    }
+}
+
+/// Selected events of one process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessSummary {
+    pub name: String,
+    pub role: String,
+    /// Unweighted count after selection.
+    pub events: usize,
+    /// Sum of weights after selection and scaling.
+    pub event_yield: f64,
+}
+
+/// Stage timings in seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub select: f64,
+    pub train: f64,
+    pub evaluate: f64,
+    pub apply: f64,
+    pub total: f64,
+}
+
+/// One trained model and its evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// Run directory name under the output directory.
+    pub name: String,
+    /// `sigmoid` or `gmm`.
+    pub model: String,
+    /// Number of categories K.
+    pub categories: usize,
+    /// `asimov` or `asimov-gato`.
+    pub significance_formula: String,
+    /// Every start that was trained.
+    pub restarts: Vec<RestartSummary>,
+    /// Index of the start that was kept.
+    pub best_restart: usize,
+    /// Epoch of the kept parameters.
+    pub kept_epoch: usize,
+    /// Boundaries of 1D cut models (the learnt cuts).
+    pub boundaries: Option<Vec<f64>>,
+    /// Kept parameters, raw.
+    pub parameters: Params,
+    /// Hard categories, exactly evaluated.
+    pub table: CategoryTable,
+    /// Soft significance of the kept parameters.
+    pub soft_z: f64,
+    /// (soft Z − hard Z) / hard Z.
+    pub soft_hard_bias: f64,
+    /// K equal bins on the range.
+    pub equidistant: Baseline,
+    /// The DP optimum (one discriminant and one signal only).
+    pub dp_optimum: Option<DpSummary>,
+    /// Output files with the `category` column.
+    pub outputs: Vec<String>,
+    /// Training time of all starts, in seconds.
+    pub training_s: f64,
+}
+
+/// One start of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestartSummary {
+    pub restart: usize,
+    pub kept_epoch: usize,
+    pub hard_z: f64,
+    pub training_s: f64,
+}
+
+/// A baseline binning.
+#[derive(Debug, Clone, Serialize)]
+pub struct Baseline {
+    pub edges: Vec<f64>,
+    pub z: f64,
+    pub z_per_signal: Vec<f64>,
+}
+
+/// The DP optimum and how far the learnt categories are from it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DpSummary {
+    #[serde(flatten)]
+    pub optimum: DpOptimum,
+    /// (Z_dp − Z_learnt) / Z_dp; negative where the learnt cuts are better
+    /// than the binned optimum.
+    pub gap: f64,
+}
+
+impl Summary {
+    /// Writes the summary as pretty JSON to `path`, through a temporary
+    /// file.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Internal(format!("serialising summary: {e}")))?;
+        write_atomic(path, json.as_bytes())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".gato-")
+        .tempfile_in(dir)
+        .map_err(|e| Error::output(dir, format!("cannot create a temporary file: {e}")))?;
+    temp.write_all(bytes).map_err(|e| Error::output(path, e.to_string()))?;
+    temp.persist(path).map_err(|e| Error::output(path, format!("cannot rename into place: {e}")))?;
+    Ok(())
+}
+
+/// Writes the epoch history of a run as JSON.
+pub fn write_history(path: &Path, history: &[Vec<EpochRecord>]) -> Result<()> {
+    let json = serde_json::to_string(history)
+        .map_err(|e| Error::Internal(format!("serialising history: {e}")))?;
+    write_atomic(path, json.as_bytes())
+}
+
+/// The per-category table of one run, as text.
+pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
+    let signals: Vec<&str> =
+        processes.iter().filter(|p| p.role == "signal").map(|p| p.name.as_str()).collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} (K = {}, {}): Z = {:.4}, soft Z = {:.4}, kept epoch {}",
+        run.name, run.categories, run.significance_formula, run.table.z, run.soft_z, run.kept_epoch
+    );
+    let mut header = format!("{:>4} {:>21} {:>9}", "cat", "range", "events");
+    for s in &signals {
+        let _ = write!(header, " {:>11}", truncate(s, 11));
+    }
+    let _ = write!(header, " {:>12} {:>8} {:>8}", "background", "rel.unc", "Z");
+    let _ = writeln!(out, "{header}");
+    for row in &run.table.categories {
+        let range = match (row.lower, row.upper) {
+            (Some(lo), Some(hi)) => format!("[{lo:.5}, {hi:.5})"),
+            _ => "-".into(),
+        };
+        let mut line = format!("{:>4} {:>21} {:>9}", row.category, range, row.events);
+        for s in &row.signal {
+            let _ = write!(line, " {s:>11.4}");
+        }
+        let unc = row.relative_mc_uncertainty.map_or("-".into(), |u| format!("{u:.4}"));
+        let z: f64 = row.z.iter().map(|z| z * z).sum::<f64>().sqrt();
+        let _ = write!(line, " {:>12.3} {:>8} {:>8.4}", row.background, unc, z);
+        let _ = writeln!(out, "{line}");
+    }
+    out
+}
+
+/// The significance of every run against its baselines, as text.
+pub fn format_comparison(runs: &[RunSummary]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:>4} {:>12} {:>10} {:>12} {:>8}",
+        "run", "K", "equidistant", "learnt", "DP optimum", "gap"
+    );
+    for run in runs {
+        let (dp, gap) = match &run.dp_optimum {
+            Some(d) => (format!("{:.4}", d.optimum.z), format!("{:+.2}%", 100.0 * d.gap)),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:>4} {:>12.4} {:>10.4} {:>12} {:>8}",
+            run.name, run.categories, run.equidistant.z, run.table.z, dp, gap
+        );
+    }
+    out
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

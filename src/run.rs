@@ -1,0 +1,322 @@
+//! [`run_pipeline`]: the whole pipeline, from sources to summary.json.
+//!
+//! Output layout under the output directory:
+//! `summary.json`, and per run (`<model>_k<K>/`) `history.json` and one
+//! Parquet file per input with the `category` column.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::backend::{Autodiff, NdArray};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{ModelKind, Pipeline, Role};
+use crate::error::{Error, Result};
+use crate::evaluate::{dp_optimum, equidistant_edges, evaluate};
+use crate::model::{CategoryModel, GaussianMixture, SigmoidCuts};
+use crate::objective::EventTensors;
+use crate::optimize::{TrainOutcome, Trainer};
+use crate::report::{
+    Baseline, DpSummary, ProcessSummary, RestartSummary, RunSummary, Summary, Timings,
+    format_comparison, format_run, write_history,
+};
+use crate::select::{Events, select};
+use crate::source::Sources;
+
+/// The CPU training backend: burn-ndarray in float64 with autodiff.
+pub type CpuBackend = Autodiff<NdArray<f64>>;
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Output directory; the pipeline's `output` when `None`.
+    pub output: Option<PathBuf>,
+    /// Replace the outputs of an earlier run.
+    pub overwrite: bool,
+    /// Show progress bars.
+    pub progress: bool,
+    /// Print the tables on standard output.
+    pub print: bool,
+}
+
+/// Runs `pipeline` and returns its summary, also written to
+/// `summary.json`.
+pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
+    let started = Instant::now();
+    let output = options.output.clone().unwrap_or_else(|| pipeline.output.clone());
+    check_output(pipeline, &output, options.overwrite)?;
+
+    let sources = Sources::open(pipeline)?;
+    let events = select(pipeline, &sources).await?;
+    let mut timings = Timings { select: started.elapsed().as_secs_f64(), ..Timings::default() };
+    let processes = process_summaries(pipeline, &events);
+    for p in &processes {
+        tracing::info!(process = %p.name, role = %p.role, events = p.events, event_yield = p.event_yield, "selected");
+    }
+
+    std::fs::create_dir_all(&output)
+        .map_err(|e| Error::output(&output, format!("cannot create the output directory: {e}")))?;
+    let tensors = EventTensors::<CpuBackend>::new(&events, pipeline, &Default::default());
+    let trainer = Trainer { pipeline, events: &events, tensors: &tensors, device: Default::default() };
+
+    let mut runs = Vec::new();
+    for &k in &pipeline.model.categories {
+        let model = build_model(pipeline, k);
+        let name = format!("{}_k{k}", model_name(pipeline.model.kind));
+        let run_dir = output.join(&name);
+        std::fs::create_dir_all(&run_dir)
+            .map_err(|e| Error::output(&run_dir, format!("cannot create directory: {e}")))?;
+
+        let train_started = Instant::now();
+        let (outcomes, restarts) = tokio::task::block_in_place(|| {
+            train_restarts(pipeline, &trainer, &model, &events, &name, options.progress)
+        })?;
+        let training_s = train_started.elapsed().as_secs_f64();
+        timings.train += training_s;
+        write_history(
+            &run_dir.join("history.json"),
+            &outcomes.iter().map(|o| o.history.clone()).collect::<Vec<_>>(),
+        )?;
+
+        let eval_started = Instant::now();
+        let best_restart = best_restart(&restarts);
+        let outcome = &outcomes[best_restart];
+        let mut run = evaluate_run(pipeline, &events, &model, outcome, k, name, training_s)?;
+        run.restarts = restarts;
+        run.best_restart = best_restart;
+        timings.evaluate += eval_started.elapsed().as_secs_f64();
+        if run.table.nonpositive_background > 0 {
+            tracing::warn!(
+                run = %run.name,
+                "{} categories have zero or negative background yield and score Z = 0",
+                run.table.nonpositive_background
+            );
+        }
+
+        let apply_started = Instant::now();
+        let assign = model.assign(&outcome.params, &events.discriminants);
+        let written = tokio::task::block_in_place(|| {
+            crate::apply::apply(&sources, &events, &assign, &run_dir)
+        })?;
+        run.outputs = written.iter().map(|p| p.display().to_string()).collect();
+        timings.apply += apply_started.elapsed().as_secs_f64();
+        if options.print {
+            println!("{}", format_run(&run, &processes));
+        }
+        runs.push(run);
+    }
+    timings.total = started.elapsed().as_secs_f64();
+    if options.print {
+        println!("{}", format_comparison(&runs));
+    }
+    let summary = Summary {
+        schema_version: crate::report::SCHEMA_VERSION,
+        versions: Default::default(),
+        pipeline: pipeline.name.clone(),
+        pipeline_origin: pipeline.origin.clone(),
+        pipeline_text: pipeline.text.clone(),
+        seed: pipeline.seed,
+        processes,
+        runs,
+        timings_s: timings,
+    };
+    let path = output.join("summary.json");
+    summary.write(&path)?;
+    tracing::info!(summary = %path.display(), "run finished");
+    Ok(summary)
+}
+
+/// The model for K categories.
+pub fn build_model(pipeline: &Pipeline, k: usize) -> CategoryModel {
+    let (lo, hi) = pipeline.model.range;
+    match pipeline.model.kind {
+        ModelKind::Sigmoid => CategoryModel::Sigmoid(SigmoidCuts::new(k, lo, hi)),
+        ModelKind::Gmm => CategoryModel::Gmm(GaussianMixture::new(
+            k,
+            vec![(lo, hi); pipeline.selection.discriminants.len()],
+            false,
+            pipeline.model.sigma_base,
+            pipeline.model.init,
+        )),
+    }
+}
+
+fn model_name(kind: ModelKind) -> &'static str {
+    match kind {
+        ModelKind::Sigmoid => "sigmoid",
+        ModelKind::Gmm => "gmm",
+    }
+}
+
+/// Trains every start of one K.
+fn train_restarts(
+    pipeline: &Pipeline,
+    trainer: &Trainer<'_, CpuBackend>,
+    model: &CategoryModel,
+    events: &Events,
+    name: &str,
+    progress: bool,
+) -> Result<(Vec<TrainOutcome>, Vec<RestartSummary>)> {
+    let signal: Vec<(f64, f64)> = events
+        .process_ranges
+        .iter()
+        .enumerate()
+        .filter(|(p, _)| pipeline.processes[*p].role == Role::Signal)
+        .flat_map(|(_, r)| r.clone().map(|i| (events.discriminants[0][i], events.weight[i])))
+        .collect();
+    let mut outcomes = Vec::new();
+    let mut summaries = Vec::new();
+    for restart in 0..pipeline.training.restarts {
+        let mut rng = ChaCha8Rng::seed_from_u64(pipeline.seed);
+        rng.set_stream(((model.categories() as u64) << 20) | restart as u64);
+        let init = model.init(&mut rng, restart, &signal);
+        let bar = progress_bar(progress, pipeline.training.epochs, &format!("{name} start {restart}"));
+        let started = Instant::now();
+        let outcome = trainer.train(model, init, &mut |record| {
+            bar.set_message(format!("Z {:.4}", record.hard_z));
+            bar.inc(1);
+        })?;
+        bar.finish_and_clear();
+        let hard_z = outcome.history[outcome.kept_epoch].hard_z;
+        tracing::info!(run = name, restart, hard_z, kept_epoch = outcome.kept_epoch, "trained");
+        summaries.push(RestartSummary {
+            restart,
+            kept_epoch: outcome.kept_epoch,
+            hard_z,
+            training_s: started.elapsed().as_secs_f64(),
+        });
+        outcomes.push(outcome);
+    }
+    Ok((outcomes, summaries))
+}
+
+fn best_restart(restarts: &[RestartSummary]) -> usize {
+    let mut best = 0;
+    for (i, r) in restarts.iter().enumerate() {
+        if r.hard_z > restarts[best].hard_z {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Evaluates the kept parameters exactly, with the baselines.
+fn evaluate_run(
+    pipeline: &Pipeline,
+    events: &Events,
+    model: &CategoryModel,
+    outcome: &TrainOutcome,
+    k: usize,
+    name: String,
+    training_s: f64,
+) -> Result<RunSummary> {
+    let (lo, hi) = pipeline.model.range;
+    let boundaries = match model {
+        CategoryModel::Sigmoid(m) => Some(m.boundaries(&outcome.params)),
+        CategoryModel::Gmm(_) => None,
+    };
+    let edges = boundaries.as_ref().map(|b| {
+        let mut e = vec![lo];
+        e.extend(b);
+        e.push(hi);
+        e
+    });
+    let assign = model.assign(&outcome.params, &events.discriminants);
+    let table = evaluate(pipeline, events, &assign, k, edges.as_deref());
+
+    let equidistant = if events.discriminants.len() == 1 {
+        let edges = equidistant_edges(k, lo, hi);
+        let assign: Vec<u32> = events.discriminants[0]
+            .iter()
+            .map(|&x| crate::model::category_of(&edges[1..k], x))
+            .collect();
+        let t = evaluate(pipeline, events, &assign, k, Some(&edges));
+        Baseline { edges, z: t.z, z_per_signal: t.z_per_signal }
+    } else {
+        Baseline { edges: Vec::new(), z: f64::NAN, z_per_signal: Vec::new() }
+    };
+    let dp = dp_optimum(pipeline, events, k, pipeline.evaluation.dp_bins)
+        .map(|optimum| DpSummary { gap: (optimum.z - table.z) / optimum.z, optimum });
+    let soft_hard_bias = if table.z > 0.0 { (outcome.soft_z - table.z) / table.z } else { f64::NAN };
+    Ok(RunSummary {
+        name,
+        model: model_name(pipeline.model.kind).into(),
+        categories: k,
+        significance_formula: match pipeline.objective.significance {
+            crate::config::SignificanceKind::Asimov => "asimov".into(),
+            crate::config::SignificanceKind::AsimovGato => "asimov-gato".into(),
+        },
+        restarts: Vec::new(),
+        best_restart: 0,
+        kept_epoch: outcome.kept_epoch,
+        boundaries,
+        parameters: outcome.params.clone(),
+        soft_z: outcome.soft_z,
+        soft_hard_bias,
+        table,
+        equidistant,
+        dp_optimum: dp,
+        outputs: Vec::new(),
+        training_s,
+    })
+}
+
+fn process_summaries(pipeline: &Pipeline, events: &Events) -> Vec<ProcessSummary> {
+    let yields = events.process_yields();
+    pipeline
+        .processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ProcessSummary {
+            name: p.name.clone(),
+            role: match p.role {
+                Role::Signal => "signal".into(),
+                Role::Background => "background".into(),
+            },
+            events: events.process_ranges[i].len(),
+            event_yield: yields[i],
+        })
+        .collect()
+}
+
+/// Rejects an output directory that is a file or an input, and existing
+/// outputs unless `overwrite`.
+fn check_output(pipeline: &Pipeline, output: &Path, overwrite: bool) -> Result<()> {
+    if output.is_file() {
+        return Err(Error::output(output, "is a file; give a directory for the outputs"));
+    }
+    let canonical_out = output.canonicalize().ok();
+    for input in pipeline.input_paths() {
+        let canonical_in = input.canonicalize().ok();
+        if canonical_out.is_some() && canonical_out == canonical_in {
+            return Err(Error::output(
+                output,
+                format!("is the input {}; choose another output directory", input.display()),
+            ));
+        }
+    }
+    if output.join("summary.json").exists() && !overwrite {
+        return Err(Error::output(
+            output,
+            "already holds the outputs of a run; pass --overwrite to replace them or \
+             choose another directory with --out",
+        ));
+    }
+    Ok(())
+}
+
+fn progress_bar(enabled: bool, epochs: usize, label: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(epochs as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} epochs {msg} ({eta})")
+            .expect("template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}

@@ -1,0 +1,292 @@
+//! The selection stage: runs the pipeline's SQL on DataFusion over the table
+//! `events` and collects the selected events as [`Events`].
+//!
+//! The query may filter rows, compute discriminants and weights, and join
+//! lookup tables, but it must keep one output row per event: gato rewrites
+//! every projection of the plan to carry the hidden columns that tie an event
+//! to its input row, and rejects aggregations. The weights returned by the
+//! query are multiplied by each process's `scale`.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Float64Array, Int32Array, Int64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Column;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::dataframe::DataFrame;
+use datafusion::logical_expr::{LogicalPlan, Projection};
+use datafusion::prelude::{Expr, SessionContext};
+use futures::StreamExt;
+
+use crate::config::{NonFinitePolicy, Pipeline};
+use crate::error::{Error, Result};
+use crate::source::{HIDDEN_COLUMNS, INPUT_COLUMN, PROCESS_INDEX_COLUMN, ROW_COLUMN, Sources};
+
+/// The selected events, sorted by process, then input, then row.
+#[derive(Debug, Clone, Default)]
+pub struct Events {
+    /// One vector per discriminant, one entry per event.
+    pub discriminants: Vec<Vec<f64>>,
+    /// Event weight, already multiplied by the process scale.
+    pub weight: Vec<f64>,
+    /// Process index of each event.
+    pub process: Vec<u32>,
+    /// Input index of each event.
+    pub input: Vec<u32>,
+    /// Row of the event within its input.
+    pub row: Vec<u64>,
+    /// Event index range of each process.
+    pub process_ranges: Vec<Range<usize>>,
+}
+
+impl Events {
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.weight.len()
+    }
+
+    /// Whether there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.weight.is_empty()
+    }
+
+    /// Sum of weights of each process, in float64.
+    pub fn process_yields(&self) -> Vec<f64> {
+        self.process_ranges.iter().map(|r| self.weight[r.clone()].iter().sum()).collect()
+    }
+}
+
+/// Runs the selection and collects the events.
+pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
+    let ctx = SessionContext::new();
+    ctx.register_table("events", Arc::new(sources.events_table()?))
+        .map_err(|e| Error::datafusion("registering the table `events`", e))?;
+    let df = ctx.sql(&pipeline.selection.sql).await.map_err(|e| {
+        Error::Select(format!(
+            "the SQL failed to plan: {e}\n(the table is `events`; its columns are [{}])",
+            visible_columns(sources)
+        ))
+    })?;
+    let (state, plan) = df.into_parts();
+    let plan = carry_hidden_columns(plan)?;
+    let output_columns: Vec<String> =
+        plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let wanted: Vec<&str> = pipeline
+        .selection
+        .discriminants
+        .iter()
+        .map(String::as_str)
+        .chain([pipeline.selection.weight.as_str()])
+        .collect();
+    for name in &wanted {
+        if !output_columns.iter().any(|c| c == name) {
+            let shown: Vec<&str> = output_columns
+                .iter()
+                .map(String::as_str)
+                .filter(|c| !HIDDEN_COLUMNS.contains(c))
+                .collect();
+            return Err(Error::Select(format!(
+                "the query returns no column `{name}`; it returns [{}]. Return it, \
+                 or change `selection.discriminants` / `selection.weight`",
+                shown.join(", ")
+            )));
+        }
+    }
+    for field in plan.schema().fields() {
+        if wanted.contains(&field.name().as_str()) && !field.data_type().is_numeric() {
+            return Err(Error::Select(format!(
+                "column `{}` has type {}, expected a number; cast it in the SQL",
+                field.name(),
+                field.data_type()
+            )));
+        }
+    }
+
+    let mut stream = DataFrame::new(state, plan)
+        .execute_stream()
+        .await
+        .map_err(|e| Error::datafusion("selection: starting the query", e))?;
+    let dims = pipeline.selection.discriminants.len();
+    let mut raw = RawEvents { discriminants: vec![Vec::new(); dims], ..RawEvents::default() };
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(unwrap_input_error)?;
+        let float = |name: &str| -> Result<Float64Array> {
+            let array = batch.column_by_name(name).ok_or_else(|| {
+                Error::Internal(format!("column {name} missing from a result batch"))
+            })?;
+            let array = cast(array, &DataType::Float64)
+                .map_err(|e| Error::Select(format!("cannot convert `{name}` to float64: {e}")))?;
+            Ok(array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(|| {
+                Error::Internal("cast to Float64 gave another type".into())
+            })?)
+        };
+        let hidden_i32 = |name: &str| -> Result<Int32Array> {
+            batch
+                .column_by_name(name)
+                .and_then(|a| a.as_any().downcast_ref::<Int32Array>().cloned())
+                .ok_or_else(|| Error::Internal(format!("hidden column {name} lost")))
+        };
+        let process = hidden_i32(PROCESS_INDEX_COLUMN)?;
+        let input = hidden_i32(INPUT_COLUMN)?;
+        let row = batch
+            .column_by_name(ROW_COLUMN)
+            .and_then(|a| a.as_any().downcast_ref::<Int64Array>().cloned())
+            .ok_or_else(|| Error::Internal(format!("hidden column {ROW_COLUMN} lost")))?;
+        let weight = float(&pipeline.selection.weight)?;
+        let discriminants: Vec<Float64Array> =
+            pipeline.selection.discriminants.iter().map(|d| float(d)).collect::<Result<_>>()?;
+        for i in 0..batch.num_rows() {
+            let value = |a: &Float64Array| if a.is_null(i) { f64::NAN } else { a.value(i) };
+            raw.process.push(process.value(i) as u32);
+            raw.input.push(input.value(i) as u32);
+            raw.row.push(row.value(i) as u64);
+            raw.weight.push(value(&weight));
+            for (d, array) in discriminants.iter().enumerate() {
+                raw.discriminants[d].push(value(array));
+            }
+        }
+    }
+    raw.finish(pipeline)
+}
+
+/// Events as they come from the query, before checks and sorting.
+#[derive(Default)]
+struct RawEvents {
+    discriminants: Vec<Vec<f64>>,
+    weight: Vec<f64>,
+    process: Vec<u32>,
+    input: Vec<u32>,
+    row: Vec<u64>,
+}
+
+impl RawEvents {
+    /// Handles non-finite values, applies the process scales, sorts and
+    /// checks that every process kept events.
+    fn finish(self, pipeline: &Pipeline) -> Result<Events> {
+        let n_processes = pipeline.processes.len();
+        let finite = |i: usize| {
+            self.weight[i].is_finite() && self.discriminants.iter().all(|d| d[i].is_finite())
+        };
+        let mut bad = vec![0usize; n_processes];
+        for i in 0..self.weight.len() {
+            if !finite(i) {
+                bad[self.process[i] as usize] += 1;
+            }
+        }
+        let n_bad: usize = bad.iter().sum();
+        if n_bad > 0 {
+            let counts: Vec<String> = bad
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(p, n)| format!("{}: {n}", pipeline.processes[p].name))
+                .collect();
+            let columns = pipeline.selection.discriminants.join(", ");
+            match pipeline.selection.non_finite {
+                NonFinitePolicy::Reject => {
+                    return Err(Error::Select(format!(
+                        "{n_bad} selected events have NaN, ±inf or null in [{columns}] or \
+                         `{}` ({}); fix the inputs or the SQL, or set \
+                         `selection.non_finite: drop` to drop them",
+                        pipeline.selection.weight,
+                        counts.join(", ")
+                    )));
+                }
+                NonFinitePolicy::Drop => tracing::warn!(
+                    "dropping {n_bad} events with NaN, ±inf or null values ({})",
+                    counts.join(", ")
+                ),
+            }
+        }
+
+        let mut order: Vec<usize> = (0..self.weight.len()).filter(|&i| finite(i)).collect();
+        order.sort_unstable_by_key(|&i| (self.process[i], self.input[i], self.row[i]));
+        let mut events = Events {
+            discriminants: self
+                .discriminants
+                .iter()
+                .map(|d| order.iter().map(|&i| d[i]).collect())
+                .collect(),
+            weight: order
+                .iter()
+                .map(|&i| self.weight[i] * pipeline.processes[self.process[i] as usize].scale)
+                .collect(),
+            process: order.iter().map(|&i| self.process[i]).collect(),
+            input: order.iter().map(|&i| self.input[i]).collect(),
+            row: order.iter().map(|&i| self.row[i]).collect(),
+            process_ranges: Vec::with_capacity(n_processes),
+        };
+        let mut start = 0;
+        for p in 0..n_processes {
+            let end = start + events.process[start..].partition_point(|&q| q as usize == p);
+            if end == start {
+                return Err(Error::Select(format!(
+                    "process `{}` has no events after the selection; check its input \
+                     and the SQL's WHERE clause",
+                    pipeline.processes[p].name
+                )));
+            }
+            events.process_ranges.push(start..end);
+            start = end;
+        }
+        tracing::info!(events = events.len(), "selected events");
+        Ok(events)
+    }
+}
+
+/// Rewrites every projection of `plan` to keep the hidden columns.
+fn carry_hidden_columns(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let rewritten = plan.transform_up(|node| match node {
+        LogicalPlan::Projection(p) => {
+            let mut expr = p.expr.clone();
+            for name in HIDDEN_COLUMNS {
+                if p.schema.has_column_with_unqualified_name(name) {
+                    continue;
+                }
+                let (qualifier, _) =
+                    p.input.schema().qualified_field_with_unqualified_name(name)?;
+                expr.push(Expr::Column(Column::new(qualifier.cloned(), name)));
+            }
+            Projection::try_new(expr, p.input).map(|p| Transformed::yes(LogicalPlan::Projection(p)))
+        }
+        LogicalPlan::Aggregate(_) | LogicalPlan::Distinct(_) => {
+            Err(datafusion::error::DataFusionError::Plan(
+                "the selection must return one row per event, without GROUP BY, \
+                 aggregates or DISTINCT"
+                    .into(),
+            ))
+        }
+        other => other.recompute_schema().map(Transformed::yes),
+    });
+    rewritten.map(|t| t.data).map_err(|e| {
+        Error::Select(format!("the query cannot be used as a selection: {e}"))
+    })
+}
+
+fn visible_columns(sources: &Sources) -> String {
+    let mut names: Vec<String> = (0..sources.len().min(1))
+        .flat_map(|i| sources.raw_schema(i).fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>())
+        .filter(|n| n != "process")
+        .collect();
+    names.push("process".into());
+    names.join(", ")
+}
+
+/// Surfaces gato's own input errors from inside DataFusion's stream.
+fn unwrap_input_error(e: datafusion::error::DataFusionError) -> Error {
+    match e {
+        datafusion::error::DataFusionError::External(inner) => match inner.downcast::<Error>() {
+            Ok(gato) => *gato,
+            Err(other) => Error::Select(other.to_string()),
+        },
+        datafusion::error::DataFusionError::Context(context, inner) => {
+            match unwrap_input_error(*inner) {
+                Error::Select(m) => Error::Select(format!("{context}: {m}")),
+                gato => gato,
+            }
+        }
+        other => Error::datafusion("selection", other),
+    }
+}

@@ -1,0 +1,315 @@
+//! Event sources: Parquet files and toy generators, opened as streams of
+//! Arrow record batches, and the DataFusion table `events` over all of them.
+//!
+//! [`Sources`] holds the pipeline's inputs. Each input is read in file order,
+//! once for the selection and once more for the apply stage. The table
+//! `events` has the input's columns, a `process` column with gato's process
+//! name, and three hidden columns ([`HIDDEN_COLUMNS`]) that tie every
+//! selected event back to its input row.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int32Array, Int64Array, StringArray,
+};
+use datafusion::arrow::compute::{cast, filter_record_batch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::streaming::StreamingTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::TaskContext;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+
+use crate::config::{Input, InputKind, Pipeline, ProcessAssign};
+use crate::error::{Error, Result};
+
+/// Index of the process (position in the pipeline's process list), Int32.
+pub const PROCESS_INDEX_COLUMN: &str = "_gato_process";
+/// Index of the input (position in [`Sources`]), Int32.
+pub const INPUT_COLUMN: &str = "_gato_input";
+/// Row number within the input, from 0, Int64.
+pub const ROW_COLUMN: &str = "_gato_row";
+/// The hidden columns that gato adds to `events`.
+pub const HIDDEN_COLUMNS: [&str; 3] = [PROCESS_INDEX_COLUMN, INPUT_COLUMN, ROW_COLUMN];
+
+/// Rows per batch when reading Parquet.
+const READ_BATCH_ROWS: usize = 65_536;
+
+/// An iterator over the raw record batches of one input, in file order.
+pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
+
+/// The pipeline's inputs, ready to be read.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    inputs: Vec<LoadedInput>,
+    process_names: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct LoadedInput {
+    input: Input,
+    raw_schema: SchemaRef,
+    generated: Option<Arc<Vec<RecordBatch>>>,
+}
+
+impl Sources {
+    /// Opens every input once to read its schema, and draws toy samples.
+    pub fn open(pipeline: &Pipeline) -> Result<Sources> {
+        let mut inputs = Vec::new();
+        for input in &pipeline.inputs {
+            let (raw_schema, generated) = match &input.kind {
+                InputKind::File(path) => (parquet_reader(path)?.schema().clone(), None),
+                InputKind::Generator { spec, .. } => {
+                    tracing::info!(kind = ?spec.kind, seed = spec.seed, "generating toy events");
+                    (spec.schema(), Some(Arc::new(crate::toy::generate(spec))))
+                }
+            };
+            check_process_column(input, &raw_schema)?;
+            inputs.push(LoadedInput { input: input.clone(), raw_schema, generated });
+        }
+        let process_names = pipeline.processes.iter().map(|p| p.name.clone()).collect();
+        Ok(Sources { inputs, process_names })
+    }
+
+    /// Number of inputs.
+    pub fn len(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// Whether there are no inputs.
+    pub fn is_empty(&self) -> bool {
+        self.inputs.is_empty()
+    }
+
+    /// The input at `index`.
+    pub fn input(&self, index: usize) -> &Input {
+        &self.inputs[index].input
+    }
+
+    /// Schema of the raw batches of input `index`.
+    pub fn raw_schema(&self, index: usize) -> SchemaRef {
+        self.inputs[index].raw_schema.clone()
+    }
+
+    /// Reads the raw batches of input `index`, in order.
+    pub fn read(&self, index: usize) -> Result<BatchIter> {
+        let loaded = &self.inputs[index];
+        match (&loaded.input.kind, &loaded.generated) {
+            (_, Some(batches)) => {
+                let batches = batches.clone();
+                Ok(Box::new((0..batches.len()).map(move |i| Ok(batches[i].clone()))))
+            }
+            (InputKind::File(path), None) => {
+                let reader = parquet_reader(path)?.with_batch_size(READ_BATCH_ROWS).build().map_err(
+                    |e| Error::input(path, format!("cannot read as Parquet: {e}")),
+                )?;
+                let path = path.clone();
+                Ok(Box::new(reader.map(move |batch| {
+                    batch.map_err(|e| {
+                        Error::input(
+                            &path,
+                            format!("cannot read Parquet data ({e}); the file may be truncated"),
+                        )
+                    })
+                })))
+            }
+            (InputKind::Generator { .. }, None) => {
+                Err(Error::Internal("generator input without generated batches".into()))
+            }
+        }
+    }
+
+    /// Schema of the table `events` for input `index`.
+    fn events_schema(&self, index: usize) -> SchemaRef {
+        let loaded = &self.inputs[index];
+        let mut fields: Vec<Field> = loaded
+            .raw_schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != "process")
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("process", DataType::Utf8, false));
+        fields.push(Field::new(PROCESS_INDEX_COLUMN, DataType::Int32, false));
+        fields.push(Field::new(INPUT_COLUMN, DataType::Int32, false));
+        fields.push(Field::new(ROW_COLUMN, DataType::Int64, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Builds the DataFusion table `events` over every input.
+    ///
+    /// All inputs must give the same columns; the error lists the difference.
+    pub fn events_table(&self) -> Result<StreamingTable> {
+        let schema = self.events_schema(0);
+        let mut partitions: Vec<Arc<dyn PartitionStream>> = Vec::new();
+        for index in 0..self.inputs.len() {
+            let this = self.events_schema(index);
+            if this.fields() != schema.fields() {
+                return Err(Error::input(
+                    self.inputs[index].input.label(),
+                    format!(
+                        "its columns differ from those of {}: {} versus {}; every input \
+                         must have the same column names and types",
+                        self.inputs[0].input.label(),
+                        describe_fields(&this),
+                        describe_fields(&schema)
+                    ),
+                ));
+            }
+            partitions.push(Arc::new(EventsPartition {
+                sources: self.clone(),
+                index,
+                schema: schema.clone(),
+            }));
+        }
+        StreamingTable::try_new(schema, partitions)
+            .map_err(|e| Error::datafusion("building the table `events`", e))
+    }
+
+    /// Turns a raw batch of input `index` that starts at row `first_row` into
+    /// rows of `events`, dropping rows that belong to no process.
+    fn to_events(&self, index: usize, first_row: i64, batch: &RecordBatch) -> Result<RecordBatch> {
+        let loaded = &self.inputs[index];
+        let rows = batch.num_rows();
+        let process: Vec<Option<i32>> = match &loaded.input.assign {
+            ProcessAssign::All(p) => vec![Some(*p as i32); rows],
+            ProcessAssign::ByColumn { column, values } => {
+                let array = batch.column_by_name(column).ok_or_else(|| {
+                    Error::Internal(format!("process column {column} vanished"))
+                })?;
+                let strings = cast(array, &DataType::Utf8)
+                    .map_err(|e| Error::input(loaded.input.label(), e.to_string()))?;
+                let strings = strings
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .ok_or_else(|| Error::Internal("cast to Utf8 gave another type".into()))?;
+                (0..rows)
+                    .map(|i| {
+                        if strings.is_null(i) {
+                            None
+                        } else {
+                            values.get(strings.value(i)).map(|&p| p as i32)
+                        }
+                    })
+                    .collect()
+            }
+        };
+        let mut columns: Vec<ArrayRef> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter(|(f, _)| f.name() != "process")
+            .map(|(_, c)| c.clone())
+            .collect();
+        let names: StringArray = process
+            .iter()
+            .map(|p| Some(p.map_or("", |p| self.process_names[p as usize].as_str())))
+            .collect();
+        columns.push(Arc::new(names));
+        columns.push(Arc::new(Int32Array::from_iter_values(process.iter().map(|p| p.unwrap_or(-1)))));
+        columns.push(Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(index as i32, rows))));
+        columns.push(Arc::new(Int64Array::from_iter_values(first_row..first_row + rows as i64)));
+        let events = RecordBatch::try_new(self.events_schema(index), columns)
+            .map_err(|e| Error::Internal(format!("building events batch: {e}")))?;
+        if process.iter().all(Option::is_some) {
+            return Ok(events);
+        }
+        let keep: BooleanArray = process.iter().map(|p| Some(p.is_some())).collect();
+        filter_record_batch(&events, &keep)
+            .map_err(|e| Error::Internal(format!("filtering events batch: {e}")))
+    }
+}
+
+fn parquet_reader(path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
+    ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        Error::input(
+            path,
+            format!("not a readable Parquet file ({e}); check that it is complete Parquet"),
+        )
+    })
+}
+
+fn describe_fields(schema: &Schema) -> String {
+    let parts: Vec<String> =
+        schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// Checks that an input assigned by column has that column, as strings.
+fn check_process_column(input: &Input, schema: &Schema) -> Result<()> {
+    let ProcessAssign::ByColumn { column, .. } = &input.assign else {
+        if schema.field_with_name("process").is_ok() {
+            tracing::debug!(input = %input.label(), "replacing the input's own `process` column");
+        }
+        return Ok(());
+    };
+    let field = schema.field_with_name(column).map_err(|_| {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        Error::input(
+            input.label(),
+            format!(
+                "process column `{column}` not found; the file has columns [{}]",
+                names.join(", ")
+            ),
+        )
+    })?;
+    if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)) {
+        return Err(Error::input(
+            input.label(),
+            format!(
+                "process column `{column}` has type {}, expected a string column",
+                field.data_type()
+            ),
+        ));
+    }
+    if column != "process" && schema.field_with_name("process").is_ok() {
+        return Err(Error::input(
+            input.label(),
+            format!(
+                "column `process` is reserved for gato's process name, but the process \
+                 column is `{column}`; rename the file's `process` column or use it as \
+                 `process_column`"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One input as a partition of the table `events`.
+#[derive(Debug)]
+struct EventsPartition {
+    sources: Sources,
+    index: usize,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for EventsPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        let sources = self.sources.clone();
+        let index = self.index;
+        let batches: BatchIter = match sources.read(index) {
+            Ok(iter) => iter,
+            Err(e) => Box::new(std::iter::once(Err(e))),
+        };
+        let mut next_row = 0i64;
+        let events = batches.map(move |batch| {
+            let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)))?;
+            let first_row = next_row;
+            next_row += batch.num_rows() as i64;
+            sources
+                .to_events(index, first_row, &batch)
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        });
+        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::iter(events)))
+    }
+}
