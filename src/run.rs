@@ -136,7 +136,7 @@ pub fn build_model(pipeline: &Pipeline, k: usize) -> CategoryModel {
         ModelKind::Gmm => CategoryModel::Gmm(GaussianMixture::new(
             k,
             vec![(lo, hi); pipeline.selection.discriminants.len()],
-            false,
+            pipeline.model.means == crate::config::MeanMapping::Simplex,
             pipeline.model.sigma_base,
             pipeline.model.init,
         )),

@@ -194,6 +194,21 @@ pub struct ModelFile {
     /// How the GMM means start.
     #[serde(default)]
     pub init: GmmInit,
+    /// How raw GMM means map onto the discriminant space.
+    #[serde(default)]
+    pub means: MeanMapping,
+}
+
+/// How raw GMM means map onto the discriminant space.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeanMapping {
+    /// A sigmoid per dimension into `range`.
+    #[default]
+    Range,
+    /// Softmax over d + 1 logits (the last fixed at 0), keeping the first d:
+    /// for the outputs of a softmax classifier.
+    Simplex,
 }
 
 /// The category models.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Location, Spanned};
 
 pub use file::{
-    Checkpoint, GeneratorKind, GmmInit, ModelKind, NonFinitePolicy, OptimizerKind, Role,
+    Checkpoint, GeneratorKind, GmmInit, MeanMapping, ModelKind, NonFinitePolicy, OptimizerKind, Role,
     SignificanceKind,
 };
 pub use schedule::Schedule;
@@ -135,6 +135,8 @@ pub struct ModelSpec {
     pub sigma_base: Option<f64>,
     /// GMM initialisation.
     pub init: GmmInit,
+    /// GMM mean mapping.
+    pub means: MeanMapping,
 }
 
 /// The validated objective.
@@ -190,7 +192,7 @@ impl Pipeline {
         let processes = validate_processes(&file, &at)?;
         let inputs = resolve_inputs(&file, &at, &plain)?;
         let selection = validate_selection(&file, &plain)?;
-        let model = validate_model(&file.model, &at)?;
+        let model = validate_model(&file.model, selection.discriminants.len(), &at)?;
         let objective = validate_objective(&file, &plain)?;
         let learning_rate = match &file.optimizer.learning_rate {
             Some(spanned) => schedule_from(spanned, "optimizer.learning_rate", true, &at)?,
@@ -521,16 +523,6 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
     if s.discriminants.is_empty() {
         return Err(plain("selection.discriminants", "name at least one column".into()));
     }
-    if s.discriminants.len() > 1 {
-        return Err(plain(
-            "selection.discriminants",
-            format!(
-                "{} columns given, but this version of gato cuts on exactly one \
-                 discriminant",
-                s.discriminants.len()
-            ),
-        ));
-    }
     Ok(Selection {
         sql,
         discriminants: s.discriminants.clone(),
@@ -539,8 +531,22 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
     })
 }
 
-fn validate_model(spanned: &Spanned<file::ModelFile>, at: &AtFn) -> Result<ModelSpec> {
+fn validate_model(
+    spanned: &Spanned<file::ModelFile>,
+    dims: usize,
+    at: &AtFn,
+) -> Result<ModelSpec> {
     let m = &spanned.value;
+    if m.kind == ModelKind::Sigmoid && dims != 1 {
+        return Err(at(
+            &spanned.referenced,
+            "model.kind",
+            format!(
+                "the sigmoid model cuts exactly one discriminant, but \
+                 `selection.discriminants` names {dims}; use `kind: gmm` or one column"
+            ),
+        ));
+    }
     let ks = &m.categories;
     if ks.value.is_empty() {
         return Err(at(&ks.referenced, "model.categories", "give at least one K".into()));
@@ -575,6 +581,13 @@ fn validate_model(spanned: &Spanned<file::ModelFile>, at: &AtFn) -> Result<Model
         Some(s) => schedule_from(s, "model.temperature", true, at)?,
         None => default(1.0, 0.05),
     };
+    if m.kind == ModelKind::Sigmoid && m.means != file::MeanMapping::Range {
+        return Err(at(
+            &spanned.referenced,
+            "model.means",
+            "applies to the GMM only; remove it for the sigmoid model".into(),
+        ));
+    }
     if m.kind == ModelKind::Gmm && m.steepness.is_some() {
         return Err(at(
             &spanned.referenced,
@@ -606,6 +619,7 @@ fn validate_model(spanned: &Spanned<file::ModelFile>, at: &AtFn) -> Result<Model
         temperature,
         sigma_base: m.sigma_base,
         init: m.init,
+        means: m.means,
     })
 }
 

@@ -1,7 +1,7 @@
 //! [`GaussianMixture`]: K Gaussian components in d dimensions whose
 //! temperature-softmax gives each event a soft category.
 
-use burn::tensor::activation::{log_softmax, sigmoid, softmax};
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use rand_chacha::ChaCha8Rng;
@@ -121,7 +121,7 @@ impl GaussianMixture {
         } else {
             let low: Vec<f64> = self.ranges.iter().map(|r| r.0).collect();
             let width: Vec<f64> = self.ranges.iter().map(|r| r.1 - r.0).collect();
-            sigmoid(raw_means) * super::tensor1::<B>(&width, &device).unsqueeze_dim::<2>(0)
+            super::logistic(raw_means) * super::tensor1::<B>(&width, &device).unsqueeze_dim::<2>(0)
                 + super::tensor1::<B>(&low, &device).unsqueeze_dim::<2>(0)
         };
         let scale: Tensor<B, 2> = params[2].clone().reshape([k, d * d]);

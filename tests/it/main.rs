@@ -1,1 +1,8 @@
+//! Integration tests: one binary, one module per area.
 
+mod cli;
+mod common;
+mod config_errors;
+mod parity;
+mod reference;
+mod toy;

@@ -1,0 +1,52 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use gato::config::Pipeline;
+use gato::select::{Events, select};
+use gato::source::Sources;
+
+/// The gato-hep reference files, beside the repository.
+pub fn reference(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference").join(name)
+}
+
+/// The `gato` binary built for these tests.
+pub fn gato_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gato"))
+}
+
+/// Parses pipeline text, failing the test on an error.
+pub fn pipeline(text: &str) -> Pipeline {
+    Pipeline::from_text(text, "test.yaml").unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs the selection of `pipeline` on a fresh runtime.
+pub fn select_events(pipeline: &Pipeline) -> (Sources, Events) {
+    let sources = Sources::open(pipeline).unwrap_or_else(|e| panic!("{e}"));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let events = runtime.block_on(select(pipeline, &sources)).unwrap_or_else(|e| panic!("{e}"));
+    (sources, events)
+}
+
+/// Processes of the 1D toy, as pipeline YAML reading `source`.
+pub fn toy_1d_processes(source: &str) -> String {
+    let mut out = String::from("processes:\n");
+    out.push_str(&format!("  - {{ name: signal, role: signal, source: {source} }}\n"));
+    for b in ["bkg1", "bkg2", "bkg3", "bkg4", "bkg5"] {
+        out.push_str(&format!("  - {{ name: {b}, role: background, source: {source} }}\n"));
+    }
+    out
+}
+
+/// Reads every row of a Parquet file as record batches.
+pub fn read_parquet(path: &Path) -> Vec<gato::datafusion::arrow::record_batch::RecordBatch> {
+    use gato::datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+}

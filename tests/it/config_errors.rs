@@ -1,0 +1,303 @@
+//! Bad pipelines and bad inputs end in one clear error that names the YAML
+//! position, file, column or value, and says what to do.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use gato::config::Pipeline;
+use gato::datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
+use gato::datafusion::arrow::datatypes::{DataType, Field, Schema};
+use gato::datafusion::arrow::record_batch::RecordBatch;
+use gato::datafusion::parquet::arrow::ArrowWriter;
+use gato::source::Sources;
+
+const BASE: &str = "\
+name: t
+sources:
+  toy:
+    generator: { kind: toy-1d, signal: 100, background: 300 }
+processes:
+  - { name: signal, role: signal, source: toy }
+  - { name: bkg1, role: background, source: toy }
+selection:
+  sql: SELECT score, weight FROM events
+  discriminants: [score]
+model:
+  kind: sigmoid
+  categories: [3]
+";
+
+fn config_error(text: &str) -> String {
+    Pipeline::from_text(text, "p.yaml").unwrap_err().to_string()
+}
+
+fn select_error(text: &str) -> String {
+    let pipeline = Pipeline::from_text(text, "p.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let sources = match Sources::open(&pipeline) {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    runtime.block_on(gato::select::select(&pipeline, &sources)).unwrap_err().to_string()
+}
+
+fn write_file_pipeline(path: &Path, sql: &str) -> String {
+    format!(
+        "name: t\nsources:\n  mc:\n    files: [\"{}\"]\n    process_column: process\n\
+         processes:\n  - {{ name: signal, role: signal, source: mc }}\n\
+         \x20 - {{ name: bkg1, role: background, source: mc }}\n\
+         selection:\n  sql: {sql}\n  discriminants: [score]\n\
+         model:\n  kind: sigmoid\n  categories: [3]\n",
+        path.display()
+    )
+}
+
+fn write_parquet(path: &Path, process: &[&str], score: &[f64], weight: &[f64]) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("process", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("weight", DataType::Float64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(process.to_vec())),
+        Arc::new(Float64Array::from(score.to_vec())),
+        Arc::new(Float64Array::from(weight.to_vec())),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+#[test]
+fn error_unknown_key_gives_line_and_column() {
+    let text = BASE.replace("  kind: sigmoid\n", "  kind: sigmoid\n  steepnes: 3\n");
+    let err = config_error(&text);
+    assert!(
+        err.starts_with("p.yaml: invalid pipeline: error: line 13 column 3: unknown field `steepnes`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn error_wrong_type_gives_line_and_column() {
+    let err = config_error(&BASE.replace("categories: [3]", "categories: three"));
+    assert!(err.starts_with("p.yaml: invalid pipeline: error: line 13 column 15:"), "{err}");
+}
+
+#[test]
+fn error_negative_epochs() {
+    let err = config_error(&format!("{BASE}training:\n  epochs: -5\n"));
+    assert!(err.starts_with("p.yaml: invalid pipeline: error: line 15 column 11: invalid"), "{err}");
+}
+
+#[test]
+fn error_too_few_categories() {
+    let err = config_error(&BASE.replace("categories: [3]", "categories: [3, 1]"));
+    assert_eq!(err, "p.yaml:13:15: model.categories: every number of categories must be at least 2, got 1");
+}
+
+#[test]
+fn error_zero_epochs() {
+    let err = config_error(&format!("{BASE}training:\n  epochs: 0\n"));
+    assert_eq!(err, "p.yaml: training.epochs: must be at least 1, got 0");
+}
+
+#[test]
+fn error_unset_environment_variable() {
+    let err = config_error(&BASE.replace("name: t", "name: ${GATO_TEST_SURELY_UNSET}"));
+    assert_eq!(
+        err,
+        "p.yaml: line 1: environment variable GATO_TEST_SURELY_UNSET is not set; set it or give \
+         a default as `${GATO_TEST_SURELY_UNSET:-VALUE}`"
+    );
+}
+
+#[test]
+fn error_no_signal_process() {
+    let err = config_error(&BASE.replace("role: signal", "role: background"));
+    assert_eq!(err, "p.yaml:6:5: processes: no process has role `signal`; add one");
+}
+
+#[test]
+fn error_steepness_not_positive() {
+    let text = BASE.replace("  categories: [3]\n", "  categories: [3]\n  steepness: { initial: 0 }\n");
+    let err = config_error(&text);
+    assert_eq!(err, "p.yaml:14:14: model.steepness: `initial` must be finite and positive, got 0");
+}
+
+#[test]
+fn error_learning_rate_rising() {
+    let text = format!(
+        "{BASE}optimizer:\n  learning_rate: {{ schedule: cosine, initial: 0.001, final: 0.1 }}\n"
+    );
+    let err = config_error(&text);
+    assert!(
+        err.starts_with("p.yaml:15:18: optimizer.learning_rate: `final` (0.1) is above `initial` (0.001)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn error_empty_range() {
+    let text = BASE.replace("  categories: [3]\n", "  categories: [3]\n  range: [1.0, 1.0]\n");
+    let err = config_error(&text);
+    assert_eq!(err, "p.yaml:14:10: model.range: must be [low, high] with finite low < high, got [1, 1]");
+}
+
+#[test]
+fn error_unknown_source() {
+    let err = config_error(&BASE.replace("role: signal, source: toy", "role: signal, source: mc"));
+    assert_eq!(
+        err,
+        "p.yaml:6:5: processes.source: process `signal` refers to source `mc`, which is not \
+         defined; defined sources: [toy]"
+    );
+}
+
+#[test]
+fn error_missing_input_file() {
+    let err = config_error(&write_file_pipeline(Path::new("/nonexistent/x.parquet"), "SELECT 1"));
+    assert_eq!(
+        err,
+        "p.yaml: sources.mc: input file /nonexistent/x.parquet not found; check the path \
+         (relative paths are relative to the working directory)"
+    );
+}
+
+#[test]
+fn error_glob_matches_nothing() {
+    let err = config_error(&write_file_pipeline(Path::new("/nonexistent/*.parquet"), "SELECT 1"));
+    assert_eq!(err, "p.yaml: sources.mc: glob pattern /nonexistent/*.parquet matches no file");
+}
+
+#[test]
+fn error_file_not_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    std::fs::write(&path, "process,score,weight\nsignal,0.5,1\n").unwrap();
+    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
+    assert!(err.starts_with(&format!("input {}: not a readable Parquet file", path.display())), "{err}");
+}
+
+#[test]
+fn error_truncated_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
+    assert!(err.starts_with(&format!("input {}: not a readable Parquet file", path.display())), "{err}");
+}
+
+#[test]
+fn error_missing_process_column_lists_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let text = write_file_pipeline(&path, "SELECT score, weight FROM events")
+        .replace("process_column: process", "process_column: proc");
+    let err = select_error(&text);
+    assert_eq!(
+        err,
+        format!(
+            "input {}: process column `proc` not found; the file has columns [process, score, weight]",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn error_sql_unknown_column_shows_datafusion_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let err = select_error(&write_file_pipeline(&path, "SELECT scor, weight FROM events"));
+    assert!(err.starts_with("selection: the SQL failed to plan:"), "{err}");
+    assert!(err.contains("scor"), "{err}");
+    assert!(err.contains("its columns are [score, weight, process]"), "{err}");
+}
+
+#[test]
+fn error_sql_syntax() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let err = select_error(&write_file_pipeline(&path, "SELEC score, weight FROM events"));
+    assert!(err.starts_with("selection: the SQL failed to plan: SQL error: ParserError"), "{err}");
+}
+
+#[test]
+fn error_selection_lacks_discriminant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let err = select_error(&write_file_pipeline(&path, "SELECT weight FROM events"));
+    assert_eq!(
+        err,
+        "selection: the query returns no column `score`; it returns [weight]. Return it, or \
+         change `selection.discriminants` / `selection.weight`"
+    );
+}
+
+#[test]
+fn error_aggregating_selection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let sql = "SELECT max(score) AS score, sum(weight) AS weight FROM events GROUP BY process";
+    let err = select_error(&write_file_pipeline(&path, sql));
+    assert!(err.starts_with("selection: the query cannot be used as a selection:"), "{err}");
+    assert!(err.contains("one row per event"), "{err}");
+}
+
+#[test]
+fn error_process_without_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events WHERE score > 0.3"));
+    assert_eq!(
+        err,
+        "selection: process `bkg1` has no events after the selection; check its input and the \
+         SQL's WHERE clause"
+    );
+}
+
+#[test]
+fn error_non_finite_values_counted_per_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(
+        &path,
+        &["signal", "signal", "bkg1", "bkg1"],
+        &[0.5, f64::NAN, 0.2, 0.3],
+        &[1.0, 1.0, f64::INFINITY, 1.0],
+    );
+    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
+    assert_eq!(
+        err,
+        "selection: 2 selected events have NaN, ±inf or null in [score] or `weight` (signal: 1, \
+         bkg1: 1); fix the inputs or the SQL, or set `selection.non_finite: drop` to drop them"
+    );
+}
+
+#[test]
+fn non_finite_drop_keeps_finite_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(
+        &path,
+        &["signal", "signal", "bkg1", "bkg1"],
+        &[0.5, f64::NAN, 0.2, 0.3],
+        &[1.0, 1.0, f64::INFINITY, 2.0],
+    );
+    let text = write_file_pipeline(&path, "SELECT score, weight FROM events")
+        .replace("  discriminants: [score]\n", "  discriminants: [score]\n  non_finite: drop\n");
+    let pipeline = crate::common::pipeline(&text);
+    let (_, events) = crate::common::select_events(&pipeline);
+    assert_eq!(events.discriminants[0], [0.5, 0.3]);
+    assert_eq!(events.weight, [1.0, 2.0]);
+    assert_eq!(events.row, [0, 3]);
+}
