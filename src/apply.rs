@@ -96,12 +96,7 @@ fn write_input(sources: &Sources, index: usize, categories: &[i32], path: &Path)
     let mut fields: Vec<Field> = raw.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(CATEGORY_COLUMN, DataType::Int32, true));
     let schema = Arc::new(Schema::new_with_metadata(fields, raw.metadata().clone()));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = tempfile::Builder::new()
-        .prefix(".gato-")
-        .suffix(".parquet.tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::output(dir, format!("cannot create a temporary file: {e}")))?;
+    let temp = crate::atomic::temp_file_for(path)?;
     let file = temp.reopen().map_err(|e| Error::output(temp.path(), e.to_string()))?;
     let mut writer = ArrowWriter::try_new(file, schema.clone(), None)
         .map_err(|e| Error::output(path, e.to_string()))?;
@@ -120,6 +115,5 @@ fn write_input(sources: &Sources, index: usize, categories: &[i32], path: &Path)
         row += n;
     }
     writer.close().map_err(|e| Error::output(path, e.to_string()))?;
-    temp.persist(path).map_err(|e| Error::output(path, format!("cannot rename into place: {e}")))?;
-    Ok(())
+    crate::atomic::persist(temp, path)
 }

@@ -21,8 +21,10 @@ pub struct CategoryRow {
     pub lower: Option<f64>,
     /// Upper edge in the discriminant (1D cut models only).
     pub upper: Option<f64>,
-    /// Number of selected events (unweighted).
+    /// Number of selected events (unweighted), signal and background.
     pub events: usize,
+    /// Number of selected background MC events (unweighted).
+    pub background_events: usize,
     /// Yield of each signal process, in the order of the pipeline.
     pub signal: Vec<f64>,
     /// Total background yield.
@@ -49,6 +51,11 @@ pub struct CategoryTable {
     pub z: f64,
     /// Categories whose background yield is zero or negative.
     pub nonpositive_background: usize,
+    /// Names of the signal processes, the order of `signal` and `z`.
+    pub signal_processes: Vec<String>,
+    /// Names of the background processes, the order of
+    /// `background_by_process`.
+    pub background_processes: Vec<String>,
 }
 
 impl CategoryTable {
@@ -79,6 +86,7 @@ pub fn evaluate(
     let mut yields = vec![vec![0.0f64; k]; pipeline.processes.len()];
     let mut sumw2 = vec![0.0f64; k];
     let mut counts = vec![0usize; k];
+    let mut background_counts = vec![0usize; k];
     for (p, range) in events.process_ranges.iter().enumerate() {
         let background = pipeline.processes[p].role == Role::Background;
         for i in range.clone() {
@@ -88,10 +96,26 @@ pub fn evaluate(
             counts[c] += 1;
             if background {
                 sumw2[c] += w * w;
+                background_counts[c] += 1;
             }
         }
     }
-    table_from_yields(pipeline.objective.significance, &yields, &sumw2, &counts, &signals, &backgrounds, edges)
+    let mut table = table_from_yields(
+        pipeline.objective.significance,
+        &yields,
+        &sumw2,
+        &counts,
+        &signals,
+        &backgrounds,
+        edges,
+    );
+    for (row, n) in table.categories.iter_mut().zip(background_counts) {
+        row.background_events = n;
+    }
+    let name = |p: &usize| pipeline.processes[*p].name.clone();
+    table.signal_processes = signals.iter().map(name).collect();
+    table.background_processes = backgrounds.iter().map(name).collect();
+    table
 }
 
 /// Builds the table from per-process yields [process][category].
@@ -120,6 +144,7 @@ fn table_from_yields(
             lower: edges.map(|e| e[c]),
             upper: edges.map(|e| e[c + 1]),
             events: counts[c],
+            background_events: 0,
             signal,
             background,
             background_by_process,
@@ -133,7 +158,14 @@ fn table_from_yields(
         .collect();
     let z = geometric_mean(&z_per_signal);
     let nonpositive_background = rows.iter().filter(|r| r.background <= 0.0).count();
-    CategoryTable { categories: rows, z_per_signal, z, nonpositive_background }
+    CategoryTable {
+        categories: rows,
+        z_per_signal,
+        z,
+        nonpositive_background,
+        signal_processes: Vec::new(),
+        background_processes: Vec::new(),
+    }
 }
 
 /// Geometric mean; the single value for one entry.

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod apply;
+pub mod atomic;
 pub mod config;
 pub mod error;
 pub mod evaluate;

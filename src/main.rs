@@ -41,8 +41,12 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
-    /// Check a pipeline without running it: YAML, keys, types, settings and
-    /// input paths.
+    /// Check a pipeline without training: YAML, keys, types, settings, input
+    /// files, and the selection's SQL and output columns.
+    ///
+    /// Reads every input's schema and plans the SQL, but reads no events, so
+    /// problems in the data itself (non-finite values, processes without
+    /// events) show only when the pipeline runs.
     Validate {
         /// Pipeline YAML file.
         pipeline: PathBuf,
@@ -67,6 +71,9 @@ enum Command {
         /// 300000 for toy-1d, 500000 for three-class).
         #[arg(long, value_name = "N")]
         background: Option<usize>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        overwrite: bool,
     },
 }
 
@@ -113,8 +120,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let sources = gato::source::Sources::open(&pipeline)?;
+            runtime.block_on(gato::select::check(&pipeline, &sources))?;
             println!(
-                "{}: valid; {} processes, {} inputs, K = {:?}",
+                "{}: valid; {} processes, {} input(s), K = {:?}",
                 pipeline.origin,
                 pipeline.processes.len(),
                 pipeline.inputs.len(),
@@ -122,7 +135,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Generate { kind, out, seed, signal, background } => {
+        Command::Generate { kind, out, seed, signal, background, overwrite } => {
+            if out.exists() && !overwrite {
+                anyhow::bail!(
+                    "{} already exists; pass --overwrite to replace it or choose another --out",
+                    out.display()
+                );
+            }
             let kind = match kind {
                 ToyKind::Toy1d => GeneratorKind::Toy1d,
                 ToyKind::ThreeClass => GeneratorKind::ThreeClass,
@@ -147,5 +166,9 @@ fn init_logging(quiet: bool, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("gato={level}")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
 }

@@ -91,8 +91,14 @@ pub struct RunSummary {
     pub restarts: Vec<RestartSummary>,
     /// Index of the start that was kept.
     pub best_restart: usize,
-    /// Epoch of the kept parameters.
+    /// Epoch of the kept parameters, from 0.
     pub kept_epoch: usize,
+    /// Hard Z of the kept epoch, before refinement.
+    pub trained_z: f64,
+    /// Whether the cuts were refined on the exact hard significance.
+    pub refined: bool,
+    /// Whether every category meets the penalties' limits.
+    pub meets_constraints: bool,
     /// Boundaries of 1D cut models (the learnt cuts).
     pub boundaries: Option<Vec<f64>>,
     /// Kept parameters, raw.
@@ -101,16 +107,25 @@ pub struct RunSummary {
     pub table: CategoryTable,
     /// Soft significance of the kept parameters.
     pub soft_z: f64,
-    /// (soft Z − hard Z) / hard Z.
+    /// (soft Z − hard Z) / hard Z at the kept epoch, before refinement.
     pub soft_hard_bias: f64,
     /// K equal bins on the range.
     pub equidistant: Baseline,
     /// The DP optimum (one discriminant and one signal only).
     pub dp_optimum: Option<DpSummary>,
-    /// Output files with the `category` column.
-    pub outputs: Vec<String>,
+    /// Output files with the `category` column, one per input.
+    pub outputs: Vec<OutputFile>,
     /// Training time of all starts, in seconds.
     pub training_s: f64,
+}
+
+/// An input and the categorised copy written for it.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputFile {
+    /// Input file, or the generator source.
+    pub input: String,
+    /// Written Parquet file.
+    pub output: String,
 }
 
 /// One start of a run.
@@ -146,28 +161,15 @@ impl Summary {
     pub fn write(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_string_pretty(self)
             .map_err(|e| Error::Internal(format!("serialising summary: {e}")))?;
-        write_atomic(path, json.as_bytes())
+        crate::atomic::write(path, json.as_bytes())
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".gato-")
-        .tempfile_in(dir)
-        .map_err(|e| Error::output(dir, format!("cannot create a temporary file: {e}")))?;
-    temp.write_all(bytes).map_err(|e| Error::output(path, e.to_string()))?;
-    temp.persist(path).map_err(|e| Error::output(path, format!("cannot rename into place: {e}")))?;
-    Ok(())
 }
 
 /// Writes the epoch history of a run as JSON.
 pub fn write_history(path: &Path, history: &[Vec<EpochRecord>]) -> Result<()> {
     let json = serde_json::to_string(history)
         .map_err(|e| Error::Internal(format!("serialising history: {e}")))?;
-    write_atomic(path, json.as_bytes())
+    crate::atomic::write(path, json.as_bytes())
 }
 
 /// The per-category table of one run, as text.
@@ -177,28 +179,50 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} (K = {}, {}): Z = {:.4}, soft Z = {:.4}, kept epoch {}",
-        run.name, run.categories, run.significance_formula, run.table.z, run.soft_z, run.kept_epoch
+        "{} (K = {}, {}): Z = {:.4}, soft Z = {:.4}, kept epoch {} (from 0){}",
+        run.name,
+        run.categories,
+        run.significance_formula,
+        run.table.z,
+        run.soft_z,
+        run.kept_epoch,
+        if run.refined { format!(", Z {:.4} before refining the cuts", run.trained_z) } else { String::new() }
     );
-    let mut header = format!("{:>4} {:>21} {:>9}", "cat", "range", "events");
+    let mut header = format!("{:>4} {:>21} {:>8}", "cat", "range", "bkg MC");
     for s in &signals {
         let _ = write!(header, " {:>11}", truncate(s, 11));
     }
-    let _ = write!(header, " {:>12} {:>8} {:>8}", "background", "rel.unc", "Z");
+    let _ = write!(header, " {:>12} {:>8}", "background", "rel.unc");
+    for s in &signals {
+        let label = if signals.len() == 1 { "Z".to_string() } else { format!("Z {}", truncate(s, 9)) };
+        let _ = write!(header, " {label:>11}");
+    }
     let _ = writeln!(out, "{header}");
+    let last = run.table.categories.len().saturating_sub(1);
     for row in &run.table.categories {
         let range = match (row.lower, row.upper) {
+            (Some(lo), Some(hi)) if row.category == last => format!("[{lo:.5}, {hi:.5}]"),
             (Some(lo), Some(hi)) => format!("[{lo:.5}, {hi:.5})"),
             _ => "-".into(),
         };
-        let mut line = format!("{:>4} {:>21} {:>9}", row.category, range, row.events);
+        let mut line = format!("{:>4} {:>21} {:>8}", row.category, range, row.background_events);
         for s in &row.signal {
             let _ = write!(line, " {s:>11.4}");
         }
         let unc = row.relative_mc_uncertainty.map_or("-".into(), |u| format!("{u:.4}"));
-        let z: f64 = row.z.iter().map(|z| z * z).sum::<f64>().sqrt();
-        let _ = write!(line, " {:>12.3} {:>8} {:>8.4}", row.background, unc, z);
+        let _ = write!(line, " {:>12.3} {:>8}", row.background, unc);
+        for z in &row.z {
+            let _ = write!(line, " {z:>11.4}");
+        }
         let _ = writeln!(out, "{line}");
+    }
+    if signals.len() > 1 {
+        let per_signal: Vec<String> = signals
+            .iter()
+            .zip(&run.table.z_per_signal)
+            .map(|(s, z)| format!("{s} {z:.4}"))
+            .collect();
+        let _ = writeln!(out, "Z per signal: {}; Z above is their geometric mean", per_signal.join(", "));
     }
     out
 }
@@ -208,18 +232,36 @@ pub fn format_comparison(runs: &[RunSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:>4} {:>12} {:>10} {:>12} {:>8}",
-        "run", "K", "equidistant", "learnt", "DP optimum", "gap"
+        "{:<16} {:>4} {:>12} {:>10} {:>14} {:>9}",
+        "run", "K", "equal bins", "learnt", "best binned", "shortfall"
     );
+    let mut bins = None;
     for run in runs {
         let (dp, gap) = match &run.dp_optimum {
-            Some(d) => (format!("{:.4}", d.optimum.z), format!("{:+.2}%", 100.0 * d.gap)),
+            Some(d) => {
+                bins = Some(d.optimum.bins);
+                (format!("{:.4}", d.optimum.z), format!("{:+.2}%", 100.0 * d.gap))
+            }
             None => ("-".into(), "-".into()),
+        };
+        let equal = if run.equidistant.z.is_finite() {
+            format!("{:.4}", run.equidistant.z)
+        } else {
+            "-".into()
         };
         let _ = writeln!(
             out,
-            "{:<16} {:>4} {:>12.4} {:>10.4} {:>12} {:>8}",
-            run.name, run.categories, run.equidistant.z, run.table.z, dp, gap
+            "{:<16} {:>4} {:>12} {:>10.4} {:>14} {:>9}",
+            run.name, run.categories, equal, run.table.z, dp, gap
+        );
+    }
+    if let Some(bins) = bins {
+        let _ = writeln!(
+            out,
+            "best binned: the best K contiguous groups of {bins} equal bins (dynamic \
+             programming); learnt cuts are not tied to those bin edges and can beat it.\n\
+             shortfall: (best binned − learnt) / best binned; negative where the learnt \
+             cuts are better."
         );
     }
     out

@@ -19,7 +19,7 @@ use crate::model::{CategoryModel, GaussianMixture, SigmoidCuts};
 use crate::objective::EventTensors;
 use crate::optimize::{TrainOutcome, Trainer};
 use crate::report::{
-    Baseline, DpSummary, ProcessSummary, RestartSummary, RunSummary, Summary, Timings,
+    Baseline, DpSummary, OutputFile, ProcessSummary, RestartSummary, RunSummary, Summary, Timings,
     format_comparison, format_run, write_history,
 };
 use crate::select::{Events, select};
@@ -52,12 +52,20 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
     let events = select(pipeline, &sources).await?;
     let mut timings = Timings { select: started.elapsed().as_secs_f64(), ..Timings::default() };
     let processes = process_summaries(pipeline, &events);
+    warn_outside_range(pipeline, &events);
     for p in &processes {
         tracing::info!(process = %p.name, role = %p.role, events = p.events, event_yield = p.event_yield, "selected");
     }
 
     std::fs::create_dir_all(&output)
         .map_err(|e| Error::output(&output, format!("cannot create the output directory: {e}")))?;
+    // Runs are written under a staging directory and moved into place at the
+    // end, so a failed run leaves the outputs of the last good run intact.
+    let staging = output.join(".gato-staging");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .map_err(|e| Error::output(&staging, format!("cannot remove a stale staging directory: {e}")))?;
+    }
     let tensors = EventTensors::<CpuBackend>::new(&events, pipeline, &Default::default());
     let trainer = Trainer { pipeline, events: &events, tensors: &tensors, device: Default::default() };
 
@@ -65,7 +73,7 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
     for &k in &pipeline.model.categories {
         let model = build_model(pipeline, k);
         let name = format!("{}_k{k}", model_name(pipeline.model.kind));
-        let run_dir = output.join(&name);
+        let run_dir = staging.join(&name);
         std::fs::create_dir_all(&run_dir)
             .map_err(|e| Error::output(&run_dir, format!("cannot create directory: {e}")))?;
 
@@ -82,25 +90,36 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
 
         let eval_started = Instant::now();
         let best_restart = best_restart(&restarts);
-        let outcome = &outcomes[best_restart];
-        let mut run = evaluate_run(pipeline, &events, &model, outcome, k, name, training_s)?;
+        let mut outcome = outcomes[best_restart].clone();
+        let trained_z = outcome.history[outcome.kept_epoch].hard_z;
+        let refined = refine(pipeline, &events, &model, &mut outcome);
+        let mut run = evaluate_run(pipeline, &events, &model, &outcome, k, name, training_s)?;
+        run.trained_z = trained_z;
+        run.refined = refined;
+        run.soft_hard_bias = if trained_z > 0.0 { (outcome.soft_z - trained_z) / trained_z } else { f64::NAN };
+        if refined {
+            tracing::info!(run = %run.name, trained_z, refined_z = run.table.z, "refined the cuts on hard categories");
+        }
         run.restarts = restarts;
         run.best_restart = best_restart;
         timings.evaluate += eval_started.elapsed().as_secs_f64();
-        if run.table.nonpositive_background > 0 {
-            tracing::warn!(
-                run = %run.name,
-                "{} categories have zero or negative background yield and score Z = 0",
-                run.table.nonpositive_background
-            );
-        }
+        run.meets_constraints = run.table.meets_constraints(pipeline);
+        warn_about_categories(&run);
 
         let apply_started = Instant::now();
         let assign = model.assign(&outcome.params, &events.discriminants);
         let written = tokio::task::block_in_place(|| {
             crate::apply::apply(&sources, &events, &assign, &run_dir)
         })?;
-        run.outputs = written.iter().map(|p| p.display().to_string()).collect();
+        run.outputs = written
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let file = p.file_name().unwrap_or_default();
+                let output = output.join(&run.name).join(file);
+                OutputFile { input: sources.input(i).label(), output: output.display().to_string() }
+            })
+            .collect();
         timings.apply += apply_started.elapsed().as_secs_f64();
         if options.print {
             println!("{}", format_run(&run, &processes));
@@ -122,8 +141,8 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
         runs,
         timings_s: timings,
     };
+    publish(&output, &staging, &summary, options.overwrite)?;
     let path = output.join("summary.json");
-    summary.write(&path)?;
     tracing::info!(summary = %path.display(), "run finished");
     Ok(summary)
 }
@@ -202,6 +221,24 @@ fn best_restart(restarts: &[RestartSummary]) -> usize {
     best
 }
 
+/// Refines 1D sigmoid cuts on the exact hard significance, when the
+/// pipeline asks for it; returns whether the cuts were refined.
+fn refine(pipeline: &Pipeline, events: &Events, model: &CategoryModel, outcome: &mut TrainOutcome) -> bool {
+    let CategoryModel::Sigmoid(cuts_model) = model else {
+        return false;
+    };
+    if !pipeline.training.refine {
+        return false;
+    }
+    let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, events) else {
+        return false;
+    };
+    let mut cuts = cuts_model.boundaries(&outcome.params);
+    sorted.refine(&mut cuts, cuts_model.low, cuts_model.high);
+    outcome.params.values[0] = cuts_model.raw_from_boundaries(&cuts);
+    true
+}
+
 /// Evaluates the kept parameters exactly, with the baselines.
 fn evaluate_run(
     pipeline: &Pipeline,
@@ -250,6 +287,9 @@ fn evaluate_run(
         },
         restarts: Vec::new(),
         best_restart: 0,
+        trained_z: f64::NAN,
+        refined: false,
+        meets_constraints: true,
         kept_epoch: outcome.kept_epoch,
         boundaries,
         parameters: outcome.params.clone(),
@@ -278,6 +318,108 @@ fn process_summaries(pipeline: &Pipeline, events: &Events) -> Vec<ProcessSummary
             events: events.process_ranges[i].len(),
             event_yield: yields[i],
         })
+        .collect()
+}
+
+/// Smallest number of background MC events in a category below which a
+/// warning says that its background estimate is unreliable.
+const MIN_BACKGROUND_EVENTS: usize = 10;
+
+/// Logs warnings about categories a physicist should look at.
+fn warn_about_categories(run: &RunSummary) {
+    let table = &run.table;
+    if table.nonpositive_background > 0 {
+        tracing::warn!(
+            run = %run.name,
+            "{} categories have zero or negative background yield and score Z = 0",
+            table.nonpositive_background
+        );
+    }
+    if !run.meets_constraints {
+        tracing::warn!(
+            run = %run.name,
+            "no epoch met the penalties' limits (minimum background yield or maximum \
+             relative MC uncertainty) in every category; the kept categories break them, \
+             so raise the penalty weights or relax the limits"
+        );
+    }
+    let empty = table.categories.iter().filter(|c| c.events == 0).count();
+    if empty > 0 {
+        tracing::warn!(run = %run.name, "{empty} categories hold no selected event");
+    }
+    let sparse: Vec<String> = table
+        .categories
+        .iter()
+        .filter(|c| c.events > 0 && c.background_events < MIN_BACKGROUND_EVENTS)
+        .map(|c| format!("{} ({} events)", c.category, c.background_events))
+        .collect();
+    if !sparse.is_empty() {
+        tracing::warn!(
+            run = %run.name,
+            "categories [{}] have fewer than {MIN_BACKGROUND_EVENTS} background MC events, \
+             so their background yield and Z are unreliable; add a `low_background` or \
+             `mc_uncertainty` penalty",
+            sparse.join(", ")
+        );
+    }
+}
+
+/// Warns when events fall outside the model range: they count in the
+/// first or last category.
+fn warn_outside_range(pipeline: &Pipeline, events: &Events) {
+    let (lo, hi) = pipeline.model.range;
+    for (name, values) in pipeline.selection.discriminants.iter().zip(&events.discriminants) {
+        let outside = values.iter().filter(|&&x| x < lo || x > hi).count();
+        if outside > 0 {
+            tracing::warn!(
+                "{outside} selected events have `{name}` outside the range [{lo}, {hi}]; \
+                 they count in the first or last category (widen `model.range` if that \
+                 is not meant)"
+            );
+        }
+    }
+}
+
+/// Moves the staged runs into `output`, writes summary.json, and removes
+/// the run directories of an earlier summary that this run does not
+/// replace.
+fn publish(output: &Path, staging: &Path, summary: &Summary, overwrite: bool) -> Result<()> {
+    let previous = if overwrite { previous_run_names(output) } else { Vec::new() };
+    for run in &summary.runs {
+        let target = output.join(&run.name);
+        if target.exists() {
+            std::fs::remove_dir_all(&target)
+                .map_err(|e| Error::output(&target, format!("cannot remove the earlier run: {e}")))?;
+        }
+        std::fs::rename(staging.join(&run.name), &target)
+            .map_err(|e| Error::output(&target, format!("cannot move the run into place: {e}")))?;
+    }
+    summary.write(&output.join("summary.json"))?;
+    for name in previous {
+        let dir = output.join(&name);
+        if !summary.runs.iter().any(|r| r.name == name) && dir.is_dir() {
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| Error::output(&dir, format!("cannot remove the earlier run: {e}")))?;
+        }
+    }
+    std::fs::remove_dir_all(staging)
+        .map_err(|e| Error::output(staging, format!("cannot remove the staging directory: {e}")))
+}
+
+/// Names of the runs listed in the summary.json of an earlier run, limited
+/// to plain directory names.
+fn previous_run_names(output: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(output.join("summary.json")) else {
+        return Vec::new();
+    };
+    let Ok(previous) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    let runs = previous["runs"].as_array().cloned().unwrap_or_default();
+    runs.iter()
+        .filter_map(|r| r["name"].as_str())
+        .filter(|n| !n.is_empty() && !n.contains(['/', '\\']) && !n.starts_with('.'))
+        .map(String::from)
         .collect()
 }
 

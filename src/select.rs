@@ -20,7 +20,7 @@ use datafusion::logical_expr::{LogicalPlan, Projection};
 use datafusion::prelude::{Expr, SessionContext};
 use futures::StreamExt;
 
-use crate::config::{NonFinitePolicy, Pipeline};
+use crate::config::{NonFinitePolicy, Pipeline, Role};
 use crate::error::{Error, Result};
 use crate::source::{HIDDEN_COLUMNS, INPUT_COLUMN, PROCESS_INDEX_COLUMN, ROW_COLUMN, Sources};
 
@@ -58,8 +58,35 @@ impl Events {
     }
 }
 
+/// Plans the selection and checks its output columns without reading
+/// events.
+pub async fn check(pipeline: &Pipeline, sources: &Sources) -> Result<()> {
+    plan(pipeline, sources).await.map(|_| ())
+}
+
 /// Runs the selection and collects the events.
 pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
+    let (state, plan) = plan(pipeline, sources).await?;
+    let mut stream = DataFrame::new(state, plan)
+        .execute_stream()
+        .await
+        .map_err(|e| Error::datafusion("selection: starting the query", e))?;
+    let dims = pipeline.selection.discriminants.len();
+    let mut raw = RawEvents { discriminants: vec![Vec::new(); dims], ..RawEvents::default() };
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(unwrap_input_error)?;
+        raw.push(pipeline, &batch)?;
+    }
+    sources.warn_unmatched();
+    raw.finish(pipeline)
+}
+
+/// Builds the logical plan of the selection, with the hidden columns, and
+/// checks that it returns the discriminants and the weight as numbers.
+async fn plan(
+    pipeline: &Pipeline,
+    sources: &Sources,
+) -> Result<(datafusion::execution::SessionState, LogicalPlan)> {
     let ctx = SessionContext::new();
     ctx.register_table("events", Arc::new(sources.events_table()?))
         .map_err(|e| Error::datafusion("registering the table `events`", e))?;
@@ -104,14 +131,23 @@ pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
         }
     }
 
-    let mut stream = DataFrame::new(state, plan)
-        .execute_stream()
-        .await
-        .map_err(|e| Error::datafusion("selection: starting the query", e))?;
-    let dims = pipeline.selection.discriminants.len();
-    let mut raw = RawEvents { discriminants: vec![Vec::new(); dims], ..RawEvents::default() };
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(unwrap_input_error)?;
+    Ok((state, plan))
+}
+
+/// Events as they come from the query, before checks and sorting.
+#[derive(Default)]
+struct RawEvents {
+    discriminants: Vec<Vec<f64>>,
+    weight: Vec<f64>,
+    process: Vec<u32>,
+    input: Vec<u32>,
+    row: Vec<u64>,
+}
+
+impl RawEvents {
+    /// Appends the events of one result batch.
+    fn push(&mut self, pipeline: &Pipeline, batch: &datafusion::arrow::record_batch::RecordBatch) -> Result<()> {
+        let raw = self;
         let float = |name: &str| -> Result<Float64Array> {
             let array = batch.column_by_name(name).ok_or_else(|| {
                 Error::Internal(format!("column {name} missing from a result batch"))
@@ -147,21 +183,9 @@ pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
                 raw.discriminants[d].push(value(array));
             }
         }
+        Ok(())
     }
-    raw.finish(pipeline)
-}
 
-/// Events as they come from the query, before checks and sorting.
-#[derive(Default)]
-struct RawEvents {
-    discriminants: Vec<Vec<f64>>,
-    weight: Vec<f64>,
-    process: Vec<u32>,
-    input: Vec<u32>,
-    row: Vec<u64>,
-}
-
-impl RawEvents {
     /// Handles non-finite values, applies the process scales, sorts and
     /// checks that every process kept events.
     fn finish(self, pipeline: &Pipeline) -> Result<Events> {
@@ -203,6 +227,16 @@ impl RawEvents {
 
         let mut order: Vec<usize> = (0..self.weight.len()).filter(|&i| finite(i)).collect();
         order.sort_unstable_by_key(|&i| (self.process[i], self.input[i], self.row[i]));
+        let key = |i: usize| (self.input[i], self.row[i]);
+        if let Some(pair) = order.windows(2).find(|w| key(w[0]) == key(w[1])) {
+            return Err(Error::Select(format!(
+                "the query returned row {} of input {} more than once; a selection must \
+                 return each event at most once (no UNION ALL of `events` with itself, no \
+                 joins that match an event several times)",
+                self.row[pair[0]],
+                pipeline.inputs[self.input[pair[0]] as usize].label()
+            )));
+        }
         let mut events = Events {
             discriminants: self
                 .discriminants
@@ -231,22 +265,58 @@ impl RawEvents {
             events.process_ranges.push(start..end);
             start = end;
         }
+        for (role, word) in [(Role::Signal, "signal"), (Role::Background, "background")] {
+            let total: f64 = (0..events.len())
+                .filter(|&i| pipeline.processes[events.process[i] as usize].role == role)
+                .map(|i| events.weight[i])
+                .sum::<f64>()
+                + 0.0;
+            if !(total > 0.0) {
+                return Err(Error::Select(format!(
+                    "the total {word} yield after the selection is {total}, but it must be \
+                     positive; check the weights and the `scale` of the {word} processes"
+                )));
+            }
+        }
         tracing::info!(events = events.len(), "selected events");
         Ok(events)
     }
 }
 
-/// Rewrites every projection of `plan` to keep the hidden columns.
+/// Rewrites every projection over `events` to keep the hidden columns, and
+/// checks that the result still has them.
 fn carry_hidden_columns(plan: LogicalPlan) -> Result<LogicalPlan> {
     let rewritten = plan.transform_up(|node| match node {
         LogicalPlan::Projection(p) => {
+            for e in &p.expr {
+                let name = e.schema_name().to_string();
+                let plain = matches!(e, Expr::Column(c) if c.name == name);
+                if name.starts_with("_gato_") && !plain {
+                    return Err(datafusion::error::DataFusionError::Plan(format!(
+                        "the output column `{name}` uses the prefix `_gato_`, which is \
+                         reserved for gato's own columns; rename it"
+                    )));
+                }
+            }
             let mut expr = p.expr.clone();
             for name in HIDDEN_COLUMNS {
-                if p.schema.has_column_with_unqualified_name(name) {
+                if p.schema.has_column_with_unqualified_name(name)
+                    || !p.input.schema().has_column_with_unqualified_name(name)
+                {
                     continue;
                 }
-                let (qualifier, _) =
-                    p.input.schema().qualified_field_with_unqualified_name(name)?;
+                let (qualifier, _) = p
+                    .input
+                    .schema()
+                    .qualified_field_with_unqualified_name(name)
+                    .map_err(|_| {
+                        datafusion::error::DataFusionError::Plan(
+                            "the query uses the table `events` twice (a self-join), so gato \
+                             cannot tell which input row an output row belongs to; join \
+                             `events` with other tables only"
+                                .into(),
+                        )
+                    })?;
                 expr.push(Expr::Column(Column::new(qualifier.cloned(), name)));
             }
             Projection::try_new(expr, p.input).map(|p| Transformed::yes(LogicalPlan::Projection(p)))
@@ -260,9 +330,20 @@ fn carry_hidden_columns(plan: LogicalPlan) -> Result<LogicalPlan> {
         }
         other => other.recompute_schema().map(Transformed::yes),
     });
-    rewritten.map(|t| t.data).map_err(|e| {
+    let plan = rewritten.map(|t| t.data).map_err(|e| {
         Error::Select(format!("the query cannot be used as a selection: {e}"))
-    })
+    })?;
+    for name in HIDDEN_COLUMNS {
+        if !plan.schema().has_column_with_unqualified_name(name) {
+            return Err(Error::Select(
+                "the query cannot be used as a selection: its rows cannot be traced back \
+                 to rows of the table `events`; select from `events` (filters, computed \
+                 columns and joins with other tables are fine)"
+                    .into(),
+            ));
+        }
+    }
+    Ok(plan)
 }
 
 fn visible_columns(sources: &Sources) -> String {

@@ -7,7 +7,8 @@
 //! name, and three hidden columns ([`HIDDEN_COLUMNS`]) that tie every
 //! selected event back to its input row.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int32Array, Int64Array, StringArray,
@@ -46,6 +47,9 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 pub struct Sources {
     inputs: Vec<LoadedInput>,
     process_names: Vec<String>,
+    /// Rows whose process-column value matches no process, per input and
+    /// value, counted while `events` is scanned.
+    unmatched: Arc<Mutex<BTreeMap<(usize, String), usize>>>,
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +75,26 @@ impl Sources {
             inputs.push(LoadedInput { input: input.clone(), raw_schema, generated });
         }
         let process_names = pipeline.processes.iter().map(|p| p.name.clone()).collect();
-        Ok(Sources { inputs, process_names })
+        Ok(Sources { inputs, process_names, unmatched: Arc::default() })
+    }
+
+    /// Logs a warning per input whose rows had process values that match no
+    /// process, with the counts, and resets the counts.
+    pub fn warn_unmatched(&self) {
+        let counts = std::mem::take(&mut *self.unmatched.lock().expect("lock is not poisoned"));
+        let mut by_input: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for ((input, value), n) in counts {
+            by_input.entry(input).or_default().push(format!("{value}: {n}"));
+        }
+        for (input, values) in by_input {
+            tracing::warn!(
+                "input {}: rows with process values [{}] match no process of the pipeline; \
+                 they are left out and get a null category (add the processes, or set \
+                 `process_value` if the names differ)",
+                self.inputs[input].input.label(),
+                values.join(", ")
+            );
+        }
     }
 
     /// Number of inputs.
@@ -186,15 +209,24 @@ impl Sources {
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .ok_or_else(|| Error::Internal("cast to Utf8 gave another type".into()))?;
-                (0..rows)
+                let mut unmatched: BTreeMap<String, usize> = BTreeMap::new();
+                let process: Vec<Option<i32>> = (0..rows)
                     .map(|i| {
-                        if strings.is_null(i) {
-                            None
-                        } else {
-                            values.get(strings.value(i)).map(|&p| p as i32)
+                        let value = (!strings.is_null(i)).then(|| strings.value(i));
+                        let p = value.and_then(|v| values.get(v)).map(|&p| p as i32);
+                        if p.is_none() {
+                            *unmatched.entry(value.unwrap_or("<null>").to_string()).or_default() += 1;
                         }
+                        p
                     })
-                    .collect()
+                    .collect();
+                if !unmatched.is_empty() {
+                    let mut counts = self.unmatched.lock().expect("lock is not poisoned");
+                    for (value, n) in unmatched {
+                        *counts.entry((index, value)).or_default() += n;
+                    }
+                }
+                process
             }
         };
         let mut columns: Vec<ArrayRef> = batch

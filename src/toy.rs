@@ -272,15 +272,7 @@ pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
 /// temporary file in the same directory.
 pub fn write_parquet(spec: &ToySpec, path: &std::path::Path) -> crate::Result<()> {
     use crate::Error;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
-    };
-    let temp = tempfile::Builder::new()
-        .prefix(".gato-")
-        .suffix(".parquet.tmp")
-        .tempfile_in(dir)
-        .map_err(|e| Error::output(dir, format!("cannot create a temporary file: {e}")))?;
+    let temp = crate::atomic::temp_file_for(path)?;
     let file = temp.reopen().map_err(|e| Error::output(temp.path(), e.to_string()))?;
     let mut writer =
         datafusion::parquet::arrow::ArrowWriter::try_new(file, spec.schema(), None)
@@ -289,8 +281,7 @@ pub fn write_parquet(spec: &ToySpec, path: &std::path::Path) -> crate::Result<()
         writer.write(&batch).map_err(|e| Error::output(path, e.to_string()))?;
     }
     writer.close().map_err(|e| Error::output(path, e.to_string()))?;
-    temp.persist(path).map_err(|e| Error::output(path, format!("cannot rename into place: {e}")))?;
-    Ok(())
+    crate::atomic::persist(temp, path)
 }
 
 #[cfg(test)]

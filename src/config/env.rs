@@ -6,8 +6,27 @@ use crate::error::{Error, Result};
 ///
 /// `$${` stands for a literal `${`. A variable that is unset (or empty, for
 /// the `:-` form) and has no default is an error naming the variable and the
-/// line it is on.
+/// line it is on. Whole-line comments (first non-blank character `#`) are
+/// left as they are.
 pub fn substitute(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut line_number = 0;
+    for line in text.split_inclusive('\n') {
+        line_number += 1;
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+        } else {
+            out.push_str(&substitute_line(line, line_number, &lookup)?);
+        }
+    }
+    Ok(out)
+}
+
+fn substitute_line(
+    text: &str,
+    line: usize,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find('$') {
@@ -23,7 +42,6 @@ pub fn substitute(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result
             rest = &after[1..];
             continue;
         }
-        let line = text[..text.len() - after.len()].matches('\n').count() + 1;
         let Some(end) = after.find('}') else {
             return Err(Error::Config(format!(
                 "line {line}: unterminated `${{` in the pipeline; close it with `}}` \
@@ -99,6 +117,11 @@ mod tests {
             "line 2: environment variable NOPE is not set; set it or give a \
              default as `${NOPE:-VALUE}`"
         );
+    }
+
+    #[test]
+    fn substitute_skips_comment_lines() {
+        assert_eq!(substitute("  # ${NOPE}\nf: ${INPUT}\n", env).unwrap(), "  # ${NOPE}\nf: /data/a.parquet\n");
     }
 
     #[test]

@@ -355,6 +355,10 @@ pub struct TrainingFile {
     /// final epoch.
     #[serde(default)]
     pub checkpoint: Checkpoint,
+    /// After training, move each 1D sigmoid cut to the position between two
+    /// events that maximises the exact hard significance.
+    #[serde(default = "yes")]
+    pub refine: bool,
 }
 
 impl Default for TrainingFile {
@@ -363,8 +367,13 @@ impl Default for TrainingFile {
             epochs: default_epochs(),
             restarts: default_restarts(),
             checkpoint: Checkpoint::default(),
+            refine: true,
         }
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_epochs() -> usize {

@@ -25,6 +25,15 @@ pub use schedule::Schedule;
 use crate::error::{Error, Result};
 use file::{PipelineFile, ScheduleFile, ScheduleKind};
 
+/// Largest number of epochs a pipeline may ask for.
+pub const MAX_EPOCHS: usize = 1_000_000;
+/// Largest number of starts per K.
+pub const MAX_RESTARTS: usize = 1000;
+/// Largest number of categories.
+pub const MAX_CATEGORIES: usize = 1000;
+/// Largest DP histogram; the DP costs O(K·bins²) time.
+pub const MAX_DP_BINS: usize = 20_000;
+
 /// A validated pipeline, ready to run.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -173,8 +182,11 @@ impl Pipeline {
     pub fn from_text(raw: &str, origin: &str) -> Result<Pipeline> {
         let text = env::substitute(raw, |name| std::env::var(name).ok())
             .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
-        let file: PipelineFile = serde_saphyr::from_str(&text)
-            .map_err(|e| Error::Config(format!("{origin}: invalid pipeline: {e}")))?;
+        let file: PipelineFile = serde_saphyr::from_str(&text).map_err(|e| {
+            let message = e.to_string();
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            Error::Config(format!("{origin}: invalid pipeline: {}", message.replace("<input>", origin)))
+        })?;
         Self::from_file(file, text, origin)
     }
 
@@ -198,16 +210,29 @@ impl Pipeline {
             Some(spanned) => schedule_from(spanned, "optimizer.learning_rate", true, &at)?,
             None => Schedule::new(ScheduleKind::Cosine, 0.1, 0.001),
         };
-        if file.training.epochs == 0 {
-            return Err(plain("training.epochs", "must be at least 1, got 0".into()));
-        }
-        if file.training.restarts == 0 {
-            return Err(plain("training.restarts", "must be at least 1, got 0".into()));
-        }
-        if file.evaluation.dp_bins < 2 {
+        let in_range = |key: &str, value: usize, min: usize, max: usize| {
+            if value < min || value > max {
+                return Err(plain(key, format!("must be between {min} and {max}, got {value}")));
+            }
+            Ok(())
+        };
+        in_range("training.epochs", file.training.epochs, 1, MAX_EPOCHS)?;
+        in_range("training.restarts", file.training.restarts, 1, MAX_RESTARTS)?;
+        let largest_k = model.categories.iter().copied().max().unwrap_or(2);
+        in_range("evaluation.dp_bins", file.evaluation.dp_bins, largest_k, MAX_DP_BINS)
+            .map_err(|e| Error::Config(format!("{e} (it must be at least the largest K)")))?;
+        let name_ok = !file.name.is_empty()
+            && file.name != "."
+            && file.name != ".."
+            && file.name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !name_ok {
             return Err(plain(
-                "evaluation.dp_bins",
-                format!("must be at least 2, got {}", file.evaluation.dp_bins),
+                "name",
+                format!(
+                    "`{}` is not a valid name; use letters, digits, `_`, `.` and `-`, \
+                     because it names the default output directory",
+                    file.name
+                ),
             ));
         }
         let output = PathBuf::from(
@@ -347,13 +372,14 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
             }
             (Some(patterns), None) => {
                 for path in expand_patterns(patterns).map_err(|m| plain(&key, m))? {
-                    if file_index.contains_key(&path) {
+                    let canonical = canonical(&path);
+                    if file_index.contains_key(&canonical) {
                         return Err(plain(
                             &key,
                             format!("file {} is listed twice", path.display()),
                         ));
                     }
-                    file_index.insert(path.clone(), inputs.len());
+                    file_index.insert(canonical, inputs.len());
                     indices.push(inputs.len());
                     let assign = match &source.process_column {
                         Some(column) => {
@@ -412,7 +438,7 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                     ));
                 }
                 for path in expand_patterns(patterns).map_err(|m| at(loc, "processes.files", m))? {
-                    if let Some(&i) = file_index.get(&path) {
+                    if let Some(&i) = file_index.get(&canonical(&path)) {
                         return Err(at(
                             loc,
                             "processes.files",
@@ -424,7 +450,7 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                             ),
                         ));
                     }
-                    file_index.insert(path.clone(), inputs.len());
+                    file_index.insert(canonical(&path), inputs.len());
                     inputs.push(Input { kind: InputKind::File(path), assign: ProcessAssign::All(index) });
                 }
             }
@@ -475,6 +501,12 @@ fn attach(input: &mut Input, index: usize, name: &str, value: Option<&str>) -> R
     }
 }
 
+/// The path with links and `..` resolved, so that two spellings of one file
+/// compare equal.
+fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+}
+
 /// Expands paths and glob patterns, in sorted order within each pattern.
 fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
     if patterns.is_empty() {
@@ -482,9 +514,21 @@ fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
     }
     let mut paths = Vec::new();
     for pattern in patterns {
+        if pattern.trim().is_empty() {
+            return Err("an input path is empty; is the environment variable that should \
+                        name it unset or empty?"
+                .into());
+        }
         let is_glob = pattern.contains(['*', '?', '[']);
         if !is_glob {
             let path = PathBuf::from(pattern);
+            if path.is_dir() {
+                return Err(format!(
+                    "input {pattern} is a directory; name the Parquet files in it, for \
+                     example `{}/*.parquet`",
+                    pattern.trim_end_matches('/')
+                ));
+            }
             if !path.is_file() {
                 return Err(format!(
                     "input file {pattern} not found; check the path (relative paths are \
@@ -511,7 +555,13 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
     let sql = match (&s.sql, &s.sql_file) {
         (Some(sql), None) => sql.clone(),
         (None, Some(path)) => std::fs::read_to_string(path).map_err(|e| {
-            plain("selection.sql_file", format!("cannot read SQL file {path}: {e}"))
+            plain(
+                "selection.sql_file",
+                format!(
+                    "cannot read SQL file {path}: {e} (relative paths are relative to the \
+                     working directory)"
+                ),
+            )
         })?,
         _ => {
             return Err(plain("selection", "give exactly one of `sql` or `sql_file`".into()));
@@ -556,6 +606,21 @@ fn validate_model(
             &ks.referenced,
             "model.categories",
             format!("every number of categories must be at least 2, got {k}"),
+        ));
+    }
+    if let Some(&k) = ks.value.iter().find(|&&k| k > MAX_CATEGORIES) {
+        return Err(at(
+            &ks.referenced,
+            "model.categories",
+            format!("every number of categories must be at most {MAX_CATEGORIES}, got {k}"),
+        ));
+    }
+    let repeated = ks.value.iter().enumerate().find_map(|(i, k)| ks.value[..i].contains(k).then_some(*k));
+    if let Some(k) = repeated {
+        return Err(at(
+            &ks.referenced,
+            "model.categories",
+            format!("K = {k} is listed twice; list each number of categories once"),
         ));
     }
     let range = match &m.range {
@@ -667,6 +732,15 @@ fn schedule_from(
     at: &AtFn,
 ) -> Result<Schedule> {
     let s = &spanned.value;
+    if s.schedule == ScheduleKind::Constant && s.final_value.is_some_and(|f| f != s.initial) {
+        return Err(at(
+            &spanned.referenced,
+            key,
+            "a constant schedule has no `final` value; remove it, or choose `cosine` or \
+             `exponential`"
+                .into(),
+        ));
+    }
     let final_value = s.final_value.unwrap_or(s.initial);
     for (name, v) in [("initial", s.initial), ("final", final_value)] {
         if !(v.is_finite() && v > 0.0) {

@@ -1,7 +1,9 @@
 //! Training: the optimiser and the loop that anneals and steps a model.
 
 mod optimizer;
+mod refine;
 mod train;
 
 pub use optimizer::Optimizer;
+pub use refine::SortedEvents;
 pub use train::{EpochRecord, TrainOutcome, Trainer};

@@ -79,7 +79,7 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         };
         let mut params = init;
         let mut optimizer = Optimizer::new(pipeline.optimizer.kind, &params);
-        let mut history = Vec::with_capacity(epochs);
+        let mut history = Vec::new();
         // (meets constraints, hard Z, epoch, parameters, soft Z, anneal)
         let mut kept: Option<(bool, f64, usize, Params, f64, f64)> = None;
 
@@ -102,7 +102,9 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             if !loss.is_finite() || gradients.iter().flatten().any(|g| !g.is_finite()) {
                 return Err(Error::Train(format!(
                     "the loss or its gradient is not finite at epoch {epoch} (loss {loss}); \
-                     lower the learning rate or check the weights for extreme values"
+                     check the weights for extreme values and for categories whose \
+                     background yield can turn negative (negative weights), or lower \
+                     the learning rate"
                 )));
             }
 

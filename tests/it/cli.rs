@@ -49,6 +49,7 @@ fn cli_generate_run_and_apply() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("sigmoid_k3"), "{stdout}");
+    assert!(stdout.contains("best binned"), "{stdout}");
 
     // The input is untouched.
     assert_eq!(std::fs::read(dir.path().join("sample.parquet")).unwrap(), input_bytes);
@@ -119,10 +120,11 @@ fn cli_generate_run_and_apply() {
     }
     assert!((run["table"]["z"].as_f64().unwrap() - z2.sqrt()).abs() < 1e-9);
 
-    // The learnt cuts beat three equal bins, and the DP optimum bounds them.
+    // The learnt cuts beat three equal bins, and refining them never loses.
     let learnt = run["table"]["z"].as_f64().unwrap();
     assert!(learnt > run["equidistant"]["z"].as_f64().unwrap());
-    assert!(learnt <= run["dp_optimum"]["z"].as_f64().unwrap() * 1.01);
+    assert_eq!(run["refined"], true);
+    assert!(learnt >= run["trained_z"].as_f64().unwrap());
 
     // A second run needs --overwrite and then gives the same numbers.
     let out = gato(&["-q", "run", "pipeline.yaml"], dir.path());
@@ -136,6 +138,38 @@ fn cli_generate_run_and_apply() {
             .unwrap();
     assert_eq!(again["runs"][0]["table"], run["table"]);
     assert_eq!(again["runs"][0]["parameters"], run["parameters"]);
+
+    // Overwriting with other K removes the earlier run directory.
+    let text = std::fs::read_to_string(dir.path().join("pipeline.yaml")).unwrap();
+    std::fs::write(dir.path().join("pipeline.yaml"), text.replace("categories: [3]", "categories: [2]")).unwrap();
+    let out = gato(&["-q", "run", "pipeline.yaml", "--overwrite"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("out/sigmoid_k3").exists());
+    assert!(dir.path().join("out/sigmoid_k2/sample.parquet").exists());
+}
+
+#[test]
+fn cli_validate_rejects_unknown_discriminant() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gato(&["generate", "toy-1d", "--out", "sample.parquet", "--signal", "10", "--background", "100"], dir.path());
+    assert!(out.status.success());
+    let path = write_pipeline(dir.path(), "");
+    let text = std::fs::read_to_string(&path).unwrap().replace("discriminants: [score]", "discriminants: [scor]");
+    std::fs::write(&path, text).unwrap();
+    let out = gato(&["validate", "pipeline.yaml"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the query returns no column `scor`; it returns [score, weight]"), "{stderr}");
+}
+
+#[test]
+fn cli_outputs_readable_by_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = gato(&["generate", "toy-1d", "--out", "sample.parquet", "--signal", "10", "--background", "100"], dir.path());
+    assert!(out.status.success());
+    let mode = std::fs::metadata(dir.path().join("sample.parquet")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
 }
 
 #[test]
@@ -148,6 +182,6 @@ fn cli_validate_reports_processes() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "pipeline.yaml: valid; 6 processes, 1 inputs, K = [3]"
+        "pipeline.yaml: valid; 6 processes, 1 input(s), K = [3]"
     );
 }

@@ -74,7 +74,7 @@ fn error_unknown_key_gives_line_and_column() {
     let text = BASE.replace("  kind: sigmoid\n", "  kind: sigmoid\n  steepnes: 3\n");
     let err = config_error(&text);
     assert!(
-        err.starts_with("p.yaml: invalid pipeline: error: line 13 column 3: unknown field `steepnes`"),
+        err.starts_with("p.yaml: invalid pipeline: line 13 column 3: unknown field `steepnes`"),
         "{err}"
     );
 }
@@ -82,13 +82,14 @@ fn error_unknown_key_gives_line_and_column() {
 #[test]
 fn error_wrong_type_gives_line_and_column() {
     let err = config_error(&BASE.replace("categories: [3]", "categories: three"));
-    assert!(err.starts_with("p.yaml: invalid pipeline: error: line 13 column 15:"), "{err}");
+    assert!(err.starts_with("p.yaml: invalid pipeline: line 13 column 15:"), "{err}");
+    assert!(err.contains("--> p.yaml:13:15"), "{err}");
 }
 
 #[test]
 fn error_negative_epochs() {
     let err = config_error(&format!("{BASE}training:\n  epochs: -5\n"));
-    assert!(err.starts_with("p.yaml: invalid pipeline: error: line 15 column 11: invalid"), "{err}");
+    assert!(err.starts_with("p.yaml: invalid pipeline: line 15 column 11: invalid"), "{err}");
 }
 
 #[test]
@@ -100,7 +101,7 @@ fn error_too_few_categories() {
 #[test]
 fn error_zero_epochs() {
     let err = config_error(&format!("{BASE}training:\n  epochs: 0\n"));
-    assert_eq!(err, "p.yaml: training.epochs: must be at least 1, got 0");
+    assert_eq!(err, "p.yaml: training.epochs: must be between 1 and 1000000, got 0");
 }
 
 #[test]
@@ -250,6 +251,108 @@ fn error_aggregating_selection() {
     let err = select_error(&write_file_pipeline(&path, sql));
     assert!(err.starts_with("selection: the query cannot be used as a selection:"), "{err}");
     assert!(err.contains("one row per event"), "{err}");
+}
+
+#[test]
+fn error_selection_repeats_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let sql = "SELECT score, weight FROM events UNION ALL SELECT score, weight FROM events";
+    let err = select_error(&write_file_pipeline(&path, sql));
+    assert_eq!(
+        err,
+        format!(
+            "selection: the query returned row 0 of input {} more than once; a selection must \
+             return each event at most once (no UNION ALL of `events` with itself, no joins that \
+             match an event several times)",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn error_empty_input_path() {
+    let err = config_error(&write_file_pipeline(Path::new(""), "SELECT 1"));
+    assert_eq!(
+        err,
+        "p.yaml: sources.mc: an input path is empty; is the environment variable that should \
+         name it unset or empty?"
+    );
+}
+
+#[test]
+fn error_total_background_not_positive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1", "bkg1"], &[0.5, 0.2, 0.3], &[1.0, 1.0, -1.0]);
+    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
+    assert_eq!(
+        err,
+        "selection: the total background yield after the selection is 0, but it must be \
+         positive; check the weights and the `scale` of the background processes"
+    );
+}
+
+#[test]
+fn error_reserved_column_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight, 5 AS _gato_row FROM events"));
+    assert!(err.contains("the output column `_gato_row` uses the prefix `_gato_`"), "{err}");
+}
+
+#[test]
+fn selection_join_with_lookup_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1", "bkg1"], &[0.5, 0.2, 0.3], &[1.0, 1.0, 3.0]);
+    let sql = "SELECT score, weight * COALESCE(f.k, 1.0) AS weight FROM events \
+               LEFT JOIN (VALUES ('signal', 2.0)) AS f(p, k) ON events.process = f.p";
+    let pipeline = crate::common::pipeline(&write_file_pipeline(&path, sql));
+    let (_, events) = crate::common::select_events(&pipeline);
+    assert_eq!(events.weight, [2.0, 1.0, 3.0]);
+    assert_eq!(events.row, [0, 1, 2]);
+}
+
+#[test]
+fn error_self_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let sql = "SELECT a.score, a.weight FROM events a JOIN events b ON a.score = b.score";
+    let err = select_error(&write_file_pipeline(&path, sql));
+    assert!(err.contains("uses the table `events` twice"), "{err}");
+}
+
+#[test]
+fn error_same_file_two_spellings() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let other = dir.path().join(".").join("x.parquet");
+    let text = write_file_pipeline(&path, "SELECT score, weight FROM events").replace(
+        &format!("files: [\"{}\"]", path.display()),
+        &format!("files: [\"{}\", \"{}\"]", path.display(), other.display()),
+    );
+    let err = config_error(&text);
+    assert_eq!(err, format!("p.yaml: sources.mc: file {} is listed twice", other.display()));
+}
+
+#[test]
+fn error_repeated_and_huge_categories() {
+    let err = config_error(&BASE.replace("categories: [3]", "categories: [3, 3]"));
+    assert_eq!(err, "p.yaml:13:15: model.categories: K = 3 is listed twice; list each number of categories once");
+    let err = config_error(&BASE.replace("categories: [3]", "categories: [100000]"));
+    assert_eq!(err, "p.yaml:13:15: model.categories: every number of categories must be at most 1000, got 100000");
+    let err = config_error(&format!("{BASE}training:\n  epochs: 10000000000\n"));
+    assert_eq!(err, "p.yaml: training.epochs: must be between 1 and 1000000, got 10000000000");
+    let err = config_error(&format!("{BASE}evaluation:\n  dp_bins: 2\n"));
+    assert_eq!(
+        err,
+        "p.yaml: evaluation.dp_bins: must be between 3 and 20000, got 2 (it must be at least the largest K)"
+    );
 }
 
 #[test]

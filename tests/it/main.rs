@@ -3,6 +3,7 @@
 mod cli;
 mod common;
 mod config_errors;
+mod evaluate;
 mod parity;
 mod reference;
 mod toy;

@@ -1,0 +1,99 @@
+//! Exact evaluation, the DP optimum and cut refinement against brute force
+//! on small samples.
+
+use gato::config::Pipeline;
+use gato::evaluate::{dp_optimum, evaluate};
+use gato::model::category_of;
+use gato::optimize::SortedEvents;
+use gato::select::Events;
+
+use crate::common::{pipeline, select_events, toy_1d_processes};
+
+fn small_toy(significance: &str) -> (Pipeline, Events) {
+    let text = format!(
+        "name: small\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 300, background: 900 }}\n{}\
+         selection:\n  sql: SELECT score, weight FROM events\n  discriminants: [score]\n\
+         model:\n  kind: sigmoid\n  categories: [3]\n\
+         objective:\n  significance: {significance}\n",
+        toy_1d_processes("toy")
+    );
+    let pipeline = pipeline(&text);
+    let (_, events) = select_events(&pipeline);
+    (pipeline, events)
+}
+
+fn z_of_cuts(pipeline: &Pipeline, events: &Events, cuts: &[f64]) -> f64 {
+    let assign: Vec<u32> = events.discriminants[0].iter().map(|&x| category_of(cuts, x)).collect();
+    evaluate(pipeline, events, &assign, cuts.len() + 1, None).z
+}
+
+#[test]
+fn dp_matches_brute_force_partitions() {
+    for significance in ["asimov", "asimov-gato"] {
+        let (pipeline, events) = small_toy(significance);
+        let bins = 12;
+        let dp = dp_optimum(&pipeline, &events, 3, bins).unwrap();
+        let mut best = 0.0f64;
+        for i in 1..bins {
+            for j in i + 1..bins {
+                let cuts = [i as f64 / bins as f64, j as f64 / bins as f64];
+                best = best.max(z_of_cuts(&pipeline, &events, &cuts));
+            }
+        }
+        assert!((dp.z - best).abs() < 1e-12, "{significance}: DP {} vs brute force {best}", dp.z);
+        let dp_cuts = &dp.edges[1..3];
+        assert!((z_of_cuts(&pipeline, &events, dp_cuts) - dp.z).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn dp_respects_minimum_background() {
+    let (mut pipeline, events) = small_toy("asimov");
+    pipeline.objective.low_background = Some((2000.0, 1.0));
+    let dp = dp_optimum(&pipeline, &events, 3, 50).unwrap();
+    let assign: Vec<u32> = events.discriminants[0].iter().map(|&x| category_of(&dp.edges[1..3], x)).collect();
+    let table = evaluate(&pipeline, &events, &assign, 3, None);
+    for row in &table.categories {
+        assert!(row.background >= 2000.0, "category {} has background {}", row.category, row.background);
+    }
+}
+
+#[test]
+fn refine_one_cut_finds_global_best() {
+    let (pipeline, events) = small_toy("asimov");
+    let sorted = SortedEvents::new(&pipeline, &events).unwrap();
+    let mut cuts = [0.5];
+    let z = sorted.refine(&mut cuts, 0.0, 1.0);
+    let mut xs = events.discriminants[0].clone();
+    xs.sort_by(f64::total_cmp);
+    let best = xs
+        .windows(2)
+        .filter(|w| w[0] < w[1])
+        .map(|w| z_of_cuts(&pipeline, &events, &[0.5 * (w[0] + w[1])]))
+        .fold(0.0f64, f64::max);
+    assert!((z - best).abs() < 1e-12, "refined {z}, brute force {best}");
+    assert!((z_of_cuts(&pipeline, &events, &cuts) - z).abs() < 1e-12);
+}
+
+#[test]
+fn refine_two_cuts_is_locally_optimal() {
+    let (pipeline, events) = small_toy("asimov-gato");
+    let sorted = SortedEvents::new(&pipeline, &events).unwrap();
+    let start = [0.3, 0.6];
+    let mut cuts = start;
+    let z = sorted.refine(&mut cuts, 0.0, 1.0);
+    assert!(z >= z_of_cuts(&pipeline, &events, &start));
+    assert!(cuts[0] < cuts[1]);
+    let mut xs = events.discriminants[0].clone();
+    xs.sort_by(f64::total_cmp);
+    for moving in 0..2 {
+        for w in xs.windows(2).filter(|w| w[0] < w[1]) {
+            let mut trial = cuts;
+            trial[moving] = 0.5 * (w[0] + w[1]);
+            if trial[0] < trial[1] {
+                let other = z_of_cuts(&pipeline, &events, &trial);
+                assert!(other <= z + 1e-12, "moving cut {moving} to {} gives {other} > {z}", trial[moving]);
+            }
+        }
+    }
+}
