@@ -1,7 +1,7 @@
 //! The library's error type, [`Error`], with one variant per pipeline stage.
 //!
 //! Every message names the file, column, value or YAML position that caused
-//! it and says what to do about it.
+//! it, and what to do about it.
 
 use std::path::PathBuf;
 
@@ -13,7 +13,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The pipeline YAML is malformed, has an unknown key or a wrong type,
-    /// or holds an impossible setting.
+    /// or contains an impossible setting.
     #[error("{0}")]
     Config(String),
 

@@ -132,9 +132,9 @@ impl Objective {
 
 /// Per-category significance on tensors, shape [K].
 ///
-/// Both formulas clamp b at 1e-9 so the gradient stays finite; the branch
-/// that is not taken gets a harmless placeholder argument so that its
-/// gradient cannot turn into NaN.
+/// Both formulas clamp b at 1e-9 so the gradient stays finite. The branch
+/// that is not taken gets a harmless placeholder argument, because its
+/// gradient would otherwise turn into NaN.
 pub fn category_z_tensor<B: Backend>(
     kind: SignificanceKind,
     s: Tensor<B, 1>,

@@ -221,8 +221,8 @@ fn best_restart(restarts: &[RestartSummary]) -> usize {
     best
 }
 
-/// Refines 1D sigmoid cuts on the exact hard significance, when the
-/// pipeline asks for it; returns whether the cuts were refined.
+/// Refines 1D sigmoid cuts on the exact hard significance if
+/// `training.refine` is set, and returns whether the cuts were refined.
 fn refine(pipeline: &Pipeline, events: &Events, model: &CategoryModel, outcome: &mut TrainOutcome) -> bool {
     let CategoryModel::Sigmoid(cuts_model) = model else {
         return false;
@@ -321,8 +321,8 @@ fn process_summaries(pipeline: &Pipeline, events: &Events) -> Vec<ProcessSummary
         .collect()
 }
 
-/// Smallest number of background MC events in a category below which a
-/// warning says that its background estimate is unreliable.
+/// Number of background MC events in a category below which a warning
+/// calls its background estimate unreliable.
 const MIN_BACKGROUND_EVENTS: usize = 10;
 
 /// Logs warnings about categories a physicist should look at.

@@ -1,7 +1,7 @@
 //! Event sources: Parquet files and toy generators, opened as streams of
 //! Arrow record batches, and the DataFusion table `events` over all of them.
 //!
-//! [`Sources`] holds the pipeline's inputs. Each input is read in file order,
+//! [`Sources`] contains the pipeline's inputs. Each input is read in file order,
 //! once for the selection and once more for the apply stage. The table
 //! `events` has the input's columns, a `process` column with gato's process
 //! name, and three hidden columns ([`HIDDEN_COLUMNS`]) that tie every

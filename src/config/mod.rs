@@ -646,6 +646,31 @@ fn validate_model(
         Some(s) => schedule_from(s, "model.temperature", true, at)?,
         None => default(1.0, 0.05),
     };
+    check_model_keys(spanned, at)?;
+    if let Some(sigma) = m.sigma_base {
+        if !(sigma.is_finite() && sigma > 0.0) {
+            return Err(at(
+                &spanned.referenced,
+                "model.sigma_base",
+                format!("must be finite and positive, got {sigma}"),
+            ));
+        }
+    }
+    Ok(ModelSpec {
+        kind: m.kind,
+        categories: ks.value.clone(),
+        range,
+        steepness,
+        temperature,
+        sigma_base: m.sigma_base,
+        init: m.init,
+        means: m.means,
+    })
+}
+
+/// Rejects keys that do not apply to the chosen model kind.
+fn check_model_keys(spanned: &Spanned<file::ModelFile>, at: &AtFn) -> Result<()> {
+    let m = &spanned.value;
     if m.kind == ModelKind::Sigmoid && m.means != file::MeanMapping::Range {
         return Err(at(
             &spanned.referenced,
@@ -667,25 +692,7 @@ fn validate_model(
             "applies to the GMM only; the sigmoid model uses `steepness`".into(),
         ));
     }
-    if let Some(sigma) = m.sigma_base {
-        if !(sigma.is_finite() && sigma > 0.0) {
-            return Err(at(
-                &spanned.referenced,
-                "model.sigma_base",
-                format!("must be finite and positive, got {sigma}"),
-            ));
-        }
-    }
-    Ok(ModelSpec {
-        kind: m.kind,
-        categories: ks.value.clone(),
-        range,
-        steepness,
-        temperature,
-        sigma_base: m.sigma_base,
-        init: m.init,
-        means: m.means,
-    })
+    Ok(())
 }
 
 fn validate_objective(file: &PipelineFile, plain: &PlainFn) -> Result<ObjectiveSpec> {

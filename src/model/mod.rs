@@ -68,9 +68,9 @@ impl CategoryModel {
     /// Soft membership of every event in every category, shape [N, K]; each
     /// row sums to 1.
     ///
-    /// `columns` holds one [N, 1] tensor per discriminant; `params` the
-    /// tensors of [`Params`] in order; `anneal` the steepness (sigmoid) or
-    /// temperature (GMM), shape [1].
+    /// `columns` contains one [N, 1] tensor per discriminant and `params` the
+    /// tensors of [`Params`] in order. `anneal` is the steepness (sigmoid) or
+    /// the temperature (GMM), shape [1].
     pub fn membership<B: Backend>(
         &self,
         columns: &[Tensor<B, 2>],
@@ -83,7 +83,7 @@ impl CategoryModel {
         }
     }
 
-    /// Hard category of every event: `discriminants` holds one vector per
+    /// Hard category of every event. `discriminants` contains one vector per
     /// dimension.
     pub fn assign(&self, params: &Params, discriminants: &[Vec<f64>]) -> Vec<u32> {
         match self {
@@ -107,8 +107,8 @@ impl CategoryModel {
 /// The logistic function 1/(1 + e^(−x)), elementwise.
 ///
 /// burn-ndarray 0.21's own `sigmoid` is accurate only to about 1e-8 in
-/// float64, which shows up in finite-difference checks of the gradient;
-/// this form keeps full float64 precision. Inputs must stay above about
+/// float64, which spoils finite-difference checks of the gradient. This
+/// form keeps full float64 precision. Inputs must stay above about
 /// −700 (f64) or −87 (f32) so that e^(−x) is finite: both models clip or
 /// bound their arguments well inside that.
 pub fn logistic<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {

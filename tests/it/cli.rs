@@ -185,3 +185,54 @@ fn cli_validate_reports_processes() {
         "pipeline.yaml: valid; 6 processes, 1 input(s), K = [3]"
     );
 }
+
+#[test]
+fn cli_same_result_any_thread_count() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, seed) in ["1", "2", "3"].iter().enumerate() {
+        let name = format!("part{i}.parquet");
+        let out = gato(
+            &["generate", "toy-1d", "--out", &name, "--seed", seed, "--signal", "2000", "--background", "6000"],
+            dir.path(),
+        );
+        assert!(out.status.success());
+    }
+    let text = format!(
+        "name: threads\nsources:\n  mc:\n    files: [\"part*.parquet\"]\n    process_column: process\n{}\
+         selection:\n  sql: SELECT score, weight FROM events WHERE score > 0.01\n  discriminants: [score]\n\
+         model:\n  kind: gmm\n  categories: [3]\n\
+         training:\n  epochs: 15\n  restarts: 2\n",
+        toy_1d_processes("mc")
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
+    let mut results = Vec::new();
+    for threads in ["1", "4"] {
+        let out_dir = format!("out{threads}");
+        let out = Command::new(gato_bin())
+            .args(["-q", "run", "pipeline.yaml", "--out", &out_dir])
+            .env("TOKIO_WORKER_THREADS", threads)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let summary: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(&out_dir).join("summary.json")).unwrap(),
+        )
+        .unwrap();
+        let categories: Vec<Vec<Option<i32>>> = (0..3)
+            .map(|i| {
+                let path = dir.path().join(&out_dir).join(format!("gmm_k3/part{i}.parquet"));
+                read_parquet(&path)
+                    .iter()
+                    .flat_map(|b| column::<Int32Array>(b, "category").iter().collect::<Vec<_>>())
+                    .collect()
+            })
+            .collect();
+        results.push((summary, categories));
+    }
+    let (a, b) = (&results[0], &results[1]);
+    assert_eq!(a.0["runs"][0]["table"], b.0["runs"][0]["table"]);
+    assert_eq!(a.0["runs"][0]["parameters"], b.0["runs"][0]["parameters"]);
+    assert_eq!(a.0["runs"][0]["restarts"][1]["hard_z"], b.0["runs"][0]["restarts"][1]["hard_z"]);
+    assert_eq!(a.1, b.1);
+}

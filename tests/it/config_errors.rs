@@ -1,5 +1,5 @@
 //! Bad pipelines and bad inputs end in one clear error that names the YAML
-//! position, file, column or value, and says what to do.
+//! position, file, column or value, and what to do.
 
 use std::path::Path;
 use std::sync::Arc;

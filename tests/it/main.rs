@@ -4,6 +4,8 @@ mod cli;
 mod common;
 mod config_errors;
 mod evaluate;
+mod kill;
 mod parity;
+mod properties;
 mod reference;
 mod toy;

@@ -1,0 +1,92 @@
+//! A run killed with SIGKILL at any moment leaves the inputs unchanged and
+//! the outputs of the last complete run readable and whole.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::{gato_bin, read_parquet, toy_1d_processes};
+
+fn pipeline_text() -> String {
+    format!(
+        "name: kill\nsources:\n  mc:\n    files: [sample.parquet]\n    process_column: process\n{}\
+         selection:\n  sql: SELECT score, weight FROM events\n  discriminants: [score]\n\
+         model:\n  kind: sigmoid\n  categories: [2, 3]\n\
+         training:\n  epochs: 15\n\
+         output: out\n",
+        toy_1d_processes("mc")
+    )
+}
+
+/// Checks that summary.json lists only whole Parquet files of `rows` rows.
+fn assert_outputs_whole(dir: &Path, rows: usize) {
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap()).unwrap();
+    for run in summary["runs"].as_array().unwrap() {
+        for output in run["outputs"].as_array().unwrap() {
+            let path = dir.join(output["output"].as_str().unwrap());
+            let n: usize = read_parquet(&path).iter().map(|b| b.num_rows()).sum();
+            assert_eq!(n, rows, "{} is not whole", path.display());
+        }
+    }
+}
+
+#[test]
+fn kill_during_run_keeps_last_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(gato_bin())
+        .args(["generate", "toy-1d", "--out", "sample.parquet", "--signal", "20000", "--background", "60000"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let input = std::fs::read(dir.path().join("sample.parquet")).unwrap();
+    std::fs::write(dir.path().join("pipeline.yaml"), pipeline_text()).unwrap();
+
+    let status = Command::new(gato_bin())
+        .args(["-q", "run", "pipeline.yaml"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let summary = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap())
+            .unwrap()
+    };
+    let first = summary();
+
+    // Kill later and later runs; each leaves the earlier outputs whole.
+    for delay_ms in [50u64, 300, 800, 1500, 2500, 4000] {
+        let mut child = Command::new(gato_bin())
+            .args(["-q", "run", "pipeline.yaml", "--overwrite"])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        assert_eq!(std::fs::read(dir.path().join("sample.parquet")).unwrap(), input, "input changed");
+        assert_outputs_whole(dir.path(), 80_000);
+        // Whether the killed run finished or not, the summary describes a
+        // complete run, and the same pipeline gives the same categories.
+        let now = summary();
+        for k in 0..2 {
+            assert_eq!(now["runs"][k]["table"], first["runs"][k]["table"], "after {delay_ms} ms");
+            assert_eq!(now["runs"][k]["parameters"], first["runs"][k]["parameters"]);
+        }
+    }
+
+    // A complete run afterwards cleans up the staging directory.
+    let status = Command::new(gato_bin())
+        .args(["-q", "run", "pipeline.yaml", "--overwrite"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!dir.path().join("out/.gato-staging").exists());
+    assert_outputs_whole(dir.path(), 80_000);
+}
