@@ -8,15 +8,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Int32Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int32Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
 
 use crate::config::InputKind;
 use crate::error::{Error, Result};
+use crate::model::SavedModel;
 use crate::select::Events;
-use crate::source::Sources;
+use crate::source::{BatchIter, Sources};
 
 /// Name of the appended column.
 pub const CATEGORY_COLUMN: &str = "category";
@@ -83,10 +85,29 @@ pub fn apply(sources: &Sources, events: &Events, assign: &[u32], dir: &Path) -> 
 }
 
 fn write_input(sources: &Sources, index: usize, categories: &[i32], path: &Path) -> Result<()> {
-    let raw = sources.raw_schema(index);
+    let label = sources.input(index).label();
+    write_categorised(sources.read(index)?, &sources.raw_schema(index), &label, path, |batch, row| {
+        Ok((row..row + batch.num_rows())
+            .map(|r| categories.get(r).copied().filter(|&c| c >= 0))
+            .collect())
+    })
+}
+
+/// Writes every batch of `batches` with a `category` column appended to
+/// `path`, atomically.
+///
+/// `categorise` returns the categories of a batch given the batch and the
+/// number of rows before it. `label` names the input in errors.
+pub fn write_categorised(
+    batches: BatchIter,
+    raw: &SchemaRef,
+    label: &str,
+    path: &Path,
+    mut categorise: impl FnMut(&RecordBatch, usize) -> Result<Int32Array>,
+) -> Result<()> {
     if raw.field_with_name(CATEGORY_COLUMN).is_ok() {
         return Err(Error::input(
-            sources.input(index).label(),
+            label,
             format!(
                 "already has a column `{CATEGORY_COLUMN}`; rename it before running gato, \
                  which appends its own"
@@ -100,20 +121,84 @@ fn write_input(sources: &Sources, index: usize, categories: &[i32], path: &Path)
     let file = temp.reopen().map_err(|e| Error::output(temp.path(), e.to_string()))?;
     let mut writer = ArrowWriter::try_new(file, schema.clone(), None)
         .map_err(|e| Error::output(path, e.to_string()))?;
+
     let mut row = 0usize;
-    for batch in sources.read(index)? {
+    for batch in batches {
         let batch = batch?;
-        let n = batch.num_rows();
-        let column: Int32Array = (row..row + n)
-            .map(|r| categories.get(r).copied().filter(|&c| c >= 0))
-            .collect();
+        let column = categorise(&batch, row)?;
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(Arc::new(column));
         let out = RecordBatch::try_new(schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("building output batch: {e}")))?;
         writer.write(&out).map_err(|e| Error::output(path, e.to_string()))?;
-        row += n;
+        row += batch.num_rows();
     }
+
     writer.close().map_err(|e| Error::output(path, e.to_string()))?;
     crate::atomic::persist(temp, path)
+}
+
+/// Categorises the Parquet file `input` with a saved model and writes it,
+/// with the `category` column, to `output`.
+///
+/// The model's discriminant columns must be numeric columns of the file.
+/// Rows where one of them is null, NaN or ±inf get a null category. Returns
+/// the number of rows and of rows left without a category.
+pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<(usize, usize)> {
+    let same = output.canonicalize().ok().is_some_and(|p| Some(p) == input.canonicalize().ok());
+    if same {
+        return Err(Error::output(output, "is the input file; choose another output directory"));
+    }
+    let (schema, batches) = crate::source::read_parquet_file(input)?;
+    for name in &saved.discriminants {
+        let field = schema.field_with_name(name).map_err(|_| {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            Error::input(
+                input,
+                format!(
+                    "the model reads column `{name}`, which the file lacks; the file has \
+                     columns [{}]",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        if !field.data_type().is_numeric() {
+            return Err(Error::input(
+                input,
+                format!("column `{name}` has type {}, but the model needs numbers", field.data_type()),
+            ));
+        }
+    }
+    let model = saved.model();
+    let (mut rows, mut missing) = (0usize, 0usize);
+    let label = input.display().to_string();
+    write_categorised(batches, &schema, &label, output, |batch, _| {
+        let mut columns = Vec::with_capacity(saved.discriminants.len());
+        for name in &saved.discriminants {
+            let array = batch.column_by_name(name).ok_or_else(|| {
+                Error::Internal(format!("column {name} missing from a batch"))
+            })?;
+            let array = cast(array, &DataType::Float64)
+                .map_err(|e| Error::input(input, format!("cannot convert `{name}` to float64: {e}")))?;
+            let array = array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(|| {
+                Error::Internal("cast to Float64 gave another type".into())
+            })?;
+            columns.push(
+                (0..batch.num_rows())
+                    .map(|i| if array.is_null(i) { f64::NAN } else { array.value(i) })
+                    .collect::<Vec<f64>>(),
+            );
+        }
+        let assign = model.assign(&saved.parameters, &columns);
+        let categories: Int32Array = (0..batch.num_rows())
+            .map(|i| {
+                let finite = columns.iter().all(|c| c[i].is_finite());
+                finite.then_some(assign[i] as i32)
+            })
+            .collect();
+        rows += batch.num_rows();
+        missing += categories.null_count();
+        Ok(categories)
+    })?;
+    Ok((rows, missing))
 }

@@ -41,6 +41,26 @@ enum Command {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Categorise Parquet files with a model saved by `gato run`.
+    ///
+    /// Writes one file per input into DIR, named like the input, with every
+    /// row and column plus `category`. The model's discriminant columns
+    /// (listed in its model.json) must be in each input; rows where one is
+    /// null, NaN or infinite get a null category.
+    Apply {
+        /// model.json of a run (OUT/<model>_k<K>/model.json).
+        #[arg(long, value_name = "FILE")]
+        model: PathBuf,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Replace existing output files.
+        #[arg(long)]
+        overwrite: bool,
+        /// Parquet files to categorise.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+    },
     /// Check a pipeline without training: YAML, keys, types, settings, input
     /// files, and the selection's SQL and output columns.
     ///
@@ -116,6 +136,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print: true,
             };
             runtime.block_on(run_pipeline(&pipeline, &options))?;
+            Ok(())
+        }
+        Command::Apply { model, out, overwrite, inputs } => {
+            let saved = gato::model::SavedModel::load(&model)?;
+            let mut names: Vec<_> = inputs.iter().filter_map(|i| i.file_name()).collect();
+            names.sort();
+            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+                anyhow::bail!(
+                    "two inputs are named {}; their outputs in {} would collide, so apply \
+                     them in separate calls with different --out",
+                    w[0].to_string_lossy(),
+                    out.display()
+                );
+            }
+            std::fs::create_dir_all(&out)
+                .with_context(|| format!("cannot create the output directory {}", out.display()))?;
+            for input in &inputs {
+                let name = input.file_name().with_context(|| format!("{} names no file", input.display()))?;
+                let output = out.join(name);
+                if output.exists() && !overwrite {
+                    anyhow::bail!(
+                        "{} already exists; pass --overwrite to replace it or choose another --out",
+                        output.display()
+                    );
+                }
+                let (rows, missing) = gato::apply::apply_model(&saved, input, &output)?;
+                println!("{} -> {} ({rows} rows, {missing} without a category)", input.display(), output.display());
+            }
             Ok(())
         }
         Command::Validate { pipeline } => {

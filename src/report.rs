@@ -115,6 +115,8 @@ pub struct RunSummary {
     pub dp_optimum: Option<DpSummary>,
     /// Output files with the `category` column, one per input.
     pub outputs: Vec<OutputFile>,
+    /// The saved model, for `gato apply`.
+    pub model_file: String,
     /// Training time of all starts, in seconds.
     pub training_s: f64,
 }

@@ -106,6 +106,10 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
         run.meets_constraints = run.table.meets_constraints(pipeline);
         warn_about_categories(&run);
 
+        let saved = crate::model::SavedModel::new(&model, &outcome.params, &pipeline.selection.discriminants);
+        saved.save(&run_dir.join("model.json"))?;
+        run.model_file = output.join(&run.name).join("model.json").display().to_string();
+
         let apply_started = Instant::now();
         let assign = model.assign(&outcome.params, &events.discriminants);
         let written = tokio::task::block_in_place(|| {
@@ -299,6 +303,7 @@ fn evaluate_run(
         equidistant,
         dp_optimum: dp,
         outputs: Vec::new(),
+        model_file: String::new(),
         training_s,
     })
 }

@@ -125,20 +125,7 @@ impl Sources {
                 let batches = batches.clone();
                 Ok(Box::new((0..batches.len()).map(move |i| Ok(batches[i].clone()))))
             }
-            (InputKind::File(path), None) => {
-                let reader = parquet_reader(path)?.with_batch_size(READ_BATCH_ROWS).build().map_err(
-                    |e| Error::input(path, format!("cannot read as Parquet: {e}")),
-                )?;
-                let path = path.clone();
-                Ok(Box::new(reader.map(move |batch| {
-                    batch.map_err(|e| {
-                        Error::input(
-                            &path,
-                            format!("cannot read Parquet data ({e}); the file may be truncated"),
-                        )
-                    })
-                })))
-            }
+            (InputKind::File(path), None) => Ok(read_parquet_file(path)?.1),
             (InputKind::Generator { .. }, None) => {
                 Err(Error::Internal("generator input without generated batches".into()))
             }
@@ -254,6 +241,23 @@ impl Sources {
         filter_record_batch(&events, &keep)
             .map_err(|e| Error::Internal(format!("filtering events batch: {e}")))
     }
+}
+
+/// Opens a Parquet file for reading in file order: its schema and batches.
+pub fn read_parquet_file(path: &std::path::Path) -> Result<(SchemaRef, BatchIter)> {
+    let builder = parquet_reader(path)?;
+    let schema = builder.schema().clone();
+    let reader = builder
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(|e| Error::input(path, format!("cannot read as Parquet: {e}")))?;
+    let path = path.to_path_buf();
+    let batches = reader.map(move |batch| {
+        batch.map_err(|e| {
+            Error::input(&path, format!("cannot read Parquet data ({e}); the file may be truncated"))
+        })
+    });
+    Ok((schema, Box::new(batches)))
 }
 
 fn parquet_reader(path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {

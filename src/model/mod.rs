@@ -8,6 +8,7 @@
 //! ([`CategoryModel::assign`]) are computed on the host in float64.
 
 mod gmm;
+mod saved;
 mod sigmoid;
 
 use burn::tensor::backend::Backend;
@@ -15,6 +16,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 
 pub use gmm::GaussianMixture;
+pub use saved::SavedModel;
 pub use sigmoid::{SigmoidCuts, category_of};
 
 /// Trainable parameters, one float64 vector per named tensor.

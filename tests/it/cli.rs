@@ -126,6 +126,29 @@ fn cli_generate_run_and_apply() {
     assert_eq!(run["refined"], true);
     assert!(learnt >= run["trained_z"].as_f64().unwrap());
 
+    // The saved model reproduces the run's categories with `gato apply`.
+    let out = gato(
+        &["apply", "--model", "out/sigmoid_k3/model.json", "--out", "applied", "sample.parquet"],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applied = read_parquet(&dir.path().join("applied/sample.parquet"));
+    let run_categories: Vec<Option<i32>> = output
+        .iter()
+        .flat_map(|b| column::<Int32Array>(b, "category").iter().collect::<Vec<_>>())
+        .collect();
+    let applied_categories: Vec<Option<i32>> = applied
+        .iter()
+        .flat_map(|b| column::<Int32Array>(b, "category").iter().collect::<Vec<_>>())
+        .collect();
+    assert_eq!(applied_categories.len(), run_categories.len());
+    for (row, (a, r)) in applied_categories.iter().zip(&run_categories).enumerate() {
+        match r {
+            Some(c) => assert_eq!(a, &Some(*c), "row {row}"),
+            None => assert_eq!(a, &Some(0), "row {row}: rejected by the selection, score ≤ 0.05"),
+        }
+    }
+
     // A second run needs --overwrite and then gives the same numbers.
     let out = gato(&["-q", "run", "pipeline.yaml"], dir.path());
     assert!(!out.status.success());
@@ -230,9 +253,60 @@ fn cli_same_result_any_thread_count() {
             .collect();
         results.push((summary, categories));
     }
+    // The saved GMM reproduces the categories through `gato apply`.
+    let out = Command::new(gato_bin())
+        .args(["apply", "--model", "out1/gmm_k3/model.json", "--out", "applied"])
+        .args(["part0.parquet", "part1.parquet", "part2.parquet"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for i in 0..3 {
+        let applied: Vec<Option<i32>> = read_parquet(&dir.path().join(format!("applied/part{i}.parquet")))
+            .iter()
+            .flat_map(|b| column::<Int32Array>(b, "category").iter().collect::<Vec<_>>())
+            .collect();
+        for (row, (a, r)) in applied.iter().zip(&results[0].1[i]).enumerate() {
+            if r.is_some() {
+                assert_eq!(a, r, "part{i} row {row}");
+            }
+        }
+    }
+
     let (a, b) = (&results[0], &results[1]);
     assert_eq!(a.0["runs"][0]["table"], b.0["runs"][0]["table"]);
     assert_eq!(a.0["runs"][0]["parameters"], b.0["runs"][0]["parameters"]);
     assert_eq!(a.0["runs"][0]["restarts"][1]["hard_z"], b.0["runs"][0]["restarts"][1]["hard_z"]);
     assert_eq!(a.1, b.1);
+}
+
+#[test]
+fn cli_apply_rejects_other_version_and_missing_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = gato(&["generate", "toy-1d", "--out", "sample.parquet", "--signal", "300", "--background", "900"], dir.path());
+    assert!(out.status.success());
+    write_pipeline(dir.path(), "");
+    let out = gato(&["-q", "run", "pipeline.yaml"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let model_path = dir.path().join("out/sigmoid_k3/model.json");
+    let text = std::fs::read_to_string(&model_path).unwrap();
+
+    std::fs::write(dir.path().join("v2.json"), text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+    let out = gato(&["apply", "--model", "v2.json", "--out", "a", "sample.parquet"], dir.path());
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: input v2.json: model file version 2 is not supported; this gato reads version 1, \
+         so retrain the model or use the gato that wrote it"
+    );
+
+    let renamed = text.replace("\"score\"", "\"nn_score\"");
+    std::fs::write(dir.path().join("renamed.json"), renamed).unwrap();
+    let out = gato(&["apply", "--model", "renamed.json", "--out", "a", "sample.parquet"], dir.path());
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: input sample.parquet: the model reads column `nn_score`, which the file lacks; \
+         the file has columns [process, weight, score]"
+    );
 }

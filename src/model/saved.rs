@@ -1,0 +1,180 @@
+//! [`SavedModel`]: a trained category model as a JSON file, which
+//! `gato apply` loads to categorise other files.
+//!
+//! The file records the model kind, K, the discriminant columns it expects,
+//! their ranges, the fixed settings and the raw parameters in float64 (JSON
+//! numbers written with round-trip precision), so a loaded model assigns
+//! exactly the categories of the run that saved it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CategoryModel, GaussianMixture, Params, SigmoidCuts};
+use crate::config::{GmmInit, ModelKind};
+use crate::error::{Error, Result};
+
+/// Value of the `format` field.
+pub const FORMAT: &str = "gato-category-model";
+/// Layout version this gato writes and reads.
+pub const VERSION: u32 = 1;
+
+/// A trained model as stored in `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedModel {
+    /// Always `gato-category-model`.
+    pub format: String,
+    /// Layout version, [`VERSION`].
+    pub version: u32,
+    /// `sigmoid` or `gmm`.
+    pub kind: ModelKind,
+    /// Number of categories K.
+    pub categories: usize,
+    /// Columns the model reads, in order.
+    pub discriminants: Vec<String>,
+    /// `[low, high]` per discriminant.
+    pub ranges: Vec<[f64; 2]>,
+    /// GMM means on the simplex (GMM only).
+    pub simplex: bool,
+    /// GMM base width (GMM only).
+    pub sigma_base: f64,
+    /// GMM off-diagonal factor (GMM only).
+    pub damping: f64,
+    /// Sigmoid cut positions, for reading only; `parameters` defines them.
+    pub boundaries: Option<Vec<f64>>,
+    /// Raw parameters.
+    pub parameters: Params,
+}
+
+impl SavedModel {
+    /// Describes `model` with `params`, reading `discriminants`.
+    pub fn new(model: &CategoryModel, params: &Params, discriminants: &[String]) -> SavedModel {
+        let (kind, ranges, simplex, sigma_base, damping, boundaries) = match model {
+            CategoryModel::Sigmoid(m) => {
+                (ModelKind::Sigmoid, vec![[m.low, m.high]], false, 0.0, 0.0, Some(m.boundaries(params)))
+            }
+            CategoryModel::Gmm(m) => (
+                ModelKind::Gmm,
+                m.ranges.iter().map(|r| [r.0, r.1]).collect(),
+                m.simplex,
+                m.sigma_base,
+                m.damping,
+                None,
+            ),
+        };
+        SavedModel {
+            format: FORMAT.into(),
+            version: VERSION,
+            kind,
+            categories: model.categories(),
+            discriminants: discriminants.to_vec(),
+            ranges,
+            simplex,
+            sigma_base,
+            damping,
+            boundaries,
+            parameters: params.clone(),
+        }
+    }
+
+    /// Writes the model as pretty JSON, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string_pretty(self)
+            .map_err(|e| Error::Internal(format!("serialising the model: {e}")))?;
+        crate::atomic::write(path, json.as_bytes())
+    }
+
+    /// Reads and checks a model file.
+    pub fn load(path: &Path) -> Result<SavedModel> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::input(path, format!("cannot read the model file: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::input(path, format!("not a JSON model file: {e}")))?;
+        if value["format"] != FORMAT {
+            return Err(Error::input(
+                path,
+                format!("not a gato model file: `format` is {}, expected \"{FORMAT}\"", value["format"]),
+            ));
+        }
+        if value["version"] != VERSION {
+            return Err(Error::input(
+                path,
+                format!(
+                    "model file version {} is not supported; this gato reads version \
+                     {VERSION}, so retrain the model or use the gato that wrote it",
+                    value["version"]
+                ),
+            ));
+        }
+        let saved: SavedModel = serde_json::from_value(value)
+            .map_err(|e| Error::input(path, format!("invalid model file: {e}")))?;
+        saved.check().map_err(|message| Error::input(path, format!("invalid model file: {message}")))?;
+        Ok(saved)
+    }
+
+    /// Checks that the fields fit together.
+    fn check(&self) -> Result<(), String> {
+        let (k, d) = (self.categories, self.discriminants.len());
+        if k < 2 {
+            return Err(format!("`categories` must be at least 2, got {k}"));
+        }
+        if d == 0 || self.ranges.len() != d {
+            return Err(format!(
+                "{d} discriminants but {} ranges; give one range per discriminant",
+                self.ranges.len()
+            ));
+        }
+        if let Some(r) = self.ranges.iter().find(|r| !(r[0].is_finite() && r[1].is_finite() && r[0] < r[1])) {
+            return Err(format!("range [{}, {}] is empty or not finite", r[0], r[1]));
+        }
+        let expected: Vec<(&str, usize)> = match self.kind {
+            ModelKind::Sigmoid if d != 1 => {
+                return Err(format!("a sigmoid model reads one discriminant, got {d}"));
+            }
+            ModelKind::Sigmoid => vec![("raw", k - 1)],
+            ModelKind::Gmm => vec![("logits", k), ("means", k * d), ("scale", k * d * d)],
+        };
+        let p = &self.parameters;
+        if p.names.len() != expected.len() || p.values.len() != expected.len() {
+            return Err(format!("expected the parameters {:?}", expected.iter().map(|e| e.0).collect::<Vec<_>>()));
+        }
+        for ((name, len), (got_name, values)) in expected.iter().zip(p.names.iter().zip(&p.values)) {
+            if got_name != name || values.len() != *len {
+                return Err(format!(
+                    "parameter `{got_name}` with {} values where `{name}` with {len} values is expected",
+                    values.len()
+                ));
+            }
+            if values.iter().any(|v| !v.is_finite()) {
+                return Err(format!("parameter `{name}` has a non-finite value"));
+            }
+        }
+        if self.kind == ModelKind::Gmm && !(self.sigma_base.is_finite() && self.sigma_base > 0.0) {
+            return Err(format!("`sigma_base` must be positive, got {}", self.sigma_base));
+        }
+        Ok(())
+    }
+
+    /// The model this file describes.
+    pub fn model(&self) -> CategoryModel {
+        match self.kind {
+            ModelKind::Sigmoid => CategoryModel::Sigmoid(SigmoidCuts::new(
+                self.categories,
+                self.ranges[0][0],
+                self.ranges[0][1],
+            )),
+            ModelKind::Gmm => {
+                let mut m = GaussianMixture::new(
+                    self.categories,
+                    self.ranges.iter().map(|r| (r[0], r[1])).collect(),
+                    self.simplex,
+                    Some(self.sigma_base),
+                    GmmInit::Random,
+                );
+                m.damping = self.damping;
+                CategoryModel::Gmm(m)
+            }
+        }
+    }
+}
