@@ -69,6 +69,14 @@ fn write_parquet(path: &Path, process: &[&str], score: &[f64], weight: &[f64]) {
     writer.close().unwrap();
 }
 
+/// A Parquet file with one signal and one background event.
+fn two_event_file() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    (dir, path)
+}
+
 #[test]
 fn error_unknown_key_gives_line_and_column() {
     let text = BASE.replace("  kind: sigmoid\n", "  kind: sigmoid\n  steepnes: 3\n");
@@ -183,9 +191,7 @@ fn error_file_not_parquet() {
 
 #[test]
 fn error_truncated_parquet() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
@@ -194,9 +200,7 @@ fn error_truncated_parquet() {
 
 #[test]
 fn error_missing_process_column_lists_columns() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let text = write_file_pipeline(&path, "SELECT score, weight FROM events")
         .replace("process_column: process", "process_column: proc");
     let err = select_error(&text);
@@ -211,9 +215,7 @@ fn error_missing_process_column_lists_columns() {
 
 #[test]
 fn error_sql_unknown_column_shows_datafusion_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let err = select_error(&write_file_pipeline(&path, "SELECT scor, weight FROM events"));
     assert!(err.starts_with("selection: the SQL failed to plan:"), "{err}");
     assert!(err.contains("scor"), "{err}");
@@ -222,18 +224,14 @@ fn error_sql_unknown_column_shows_datafusion_message() {
 
 #[test]
 fn error_sql_syntax() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let err = select_error(&write_file_pipeline(&path, "SELEC score, weight FROM events"));
     assert!(err.starts_with("selection: the SQL failed to plan: SQL error: ParserError"), "{err}");
 }
 
 #[test]
 fn error_selection_lacks_discriminant() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let err = select_error(&write_file_pipeline(&path, "SELECT weight FROM events"));
     assert_eq!(
         err,
@@ -244,9 +242,7 @@ fn error_selection_lacks_discriminant() {
 
 #[test]
 fn error_aggregating_selection() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let sql = "SELECT max(score) AS score, sum(weight) AS weight FROM events GROUP BY process";
     let err = select_error(&write_file_pipeline(&path, sql));
     assert!(err.starts_with("selection: the query cannot be used as a selection:"), "{err}");
@@ -255,9 +251,7 @@ fn error_aggregating_selection() {
 
 #[test]
 fn error_selection_repeats_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let sql = "SELECT score, weight FROM events UNION ALL SELECT score, weight FROM events";
     let err = select_error(&write_file_pipeline(&path, sql));
     assert_eq!(
@@ -296,9 +290,7 @@ fn error_total_background_not_positive() {
 
 #[test]
 fn error_reserved_column_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let err = select_error(&write_file_pipeline(&path, "SELECT score, weight, 5 AS _gato_row FROM events"));
     assert!(err.contains("the output column `_gato_row` uses the prefix `_gato_`"), "{err}");
 }
@@ -318,9 +310,7 @@ fn selection_join_with_lookup_table() {
 
 #[test]
 fn error_self_join() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let sql = "SELECT a.score, a.weight FROM events a JOIN events b ON a.score = b.score";
     let err = select_error(&write_file_pipeline(&path, sql));
     assert!(err.contains("uses the table `events` twice"), "{err}");
@@ -328,10 +318,8 @@ fn error_self_join() {
 
 #[test]
 fn error_same_file_two_spellings() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
-    let other = dir.path().join(".").join("x.parquet");
+    let (_dir, path) = two_event_file();
+    let other = path.parent().unwrap().join(".").join("x.parquet");
     let text = write_file_pipeline(&path, "SELECT score, weight FROM events").replace(
         &format!("files: [\"{}\"]", path.display()),
         &format!("files: [\"{}\", \"{}\"]", path.display(), other.display()),
@@ -357,9 +345,7 @@ fn error_repeated_and_huge_categories() {
 
 #[test]
 fn error_process_without_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1"], &[0.5, 0.2], &[1.0, 1.0]);
+    let (_dir, path) = two_event_file();
     let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events WHERE score > 0.3"));
     assert_eq!(
         err,
