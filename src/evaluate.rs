@@ -8,7 +8,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Pipeline, Role, SignificanceKind};
+use crate::config::{CombineRule, ObjectiveSpec, Pipeline, Role};
 use crate::select::Events;
 use crate::significance::{category_z, combine};
 
@@ -46,8 +46,8 @@ pub struct CategoryTable {
     pub categories: Vec<CategoryRow>,
     /// √(Σ_k Z_k²) per signal.
     pub z_per_signal: Vec<f64>,
-    /// The objective's combination: Z for one signal, the geometric mean of
-    /// the per-signal values for several.
+    /// The objective's combination of `z_per_signal` (the value itself for
+    /// one signal).
     pub z: f64,
     /// Categories whose background yield is zero or negative.
     pub nonpositive_background: usize,
@@ -101,7 +101,7 @@ pub fn evaluate(
         }
     }
     let mut table = table_from_yields(
-        pipeline.objective.significance,
+        &pipeline.objective,
         &yields,
         &sumw2,
         &counts,
@@ -120,7 +120,7 @@ pub fn evaluate(
 
 /// Builds the table from per-process yields [process][category].
 fn table_from_yields(
-    kind: SignificanceKind,
+    objective: &ObjectiveSpec,
     yields: &[Vec<f64>],
     sumw2: &[f64],
     counts: &[usize],
@@ -137,7 +137,7 @@ fn table_from_yields(
         let total_signal: f64 = signal.iter().sum();
         let z = signal
             .iter()
-            .map(|&s| category_z(kind, s, background + total_signal - s))
+            .map(|&s| category_z(objective.significance, s, background + total_signal - s))
             .collect();
         rows.push(CategoryRow {
             category: c,
@@ -156,7 +156,7 @@ fn table_from_yields(
     let z_per_signal: Vec<f64> = (0..signals.len())
         .map(|i| combine(&rows.iter().map(|r| r.z[i]).collect::<Vec<_>>()))
         .collect();
-    let z = geometric_mean(&z_per_signal);
+    let z = combine_signals(objective, &z_per_signal);
     let nonpositive_background = rows.iter().filter(|r| r.background <= 0.0).count();
     CategoryTable {
         categories: rows,
@@ -168,15 +168,22 @@ fn table_from_yields(
     }
 }
 
-/// Geometric mean; the single value for one entry.
-pub fn geometric_mean(values: &[f64]) -> f64 {
+/// Combines per-signal significances by the objective's rule; a single
+/// signal gives its own value.
+pub fn combine_signals(objective: &ObjectiveSpec, values: &[f64]) -> f64 {
+    let n = values.len() as f64;
     if values.len() == 1 {
         return values[0];
     }
-    if values.iter().any(|&v| v <= 0.0) {
-        return 0.0;
+    match objective.combine {
+        CombineRule::Geometric if values.iter().any(|&v| v <= 0.0) => 0.0,
+        CombineRule::Geometric => (values.iter().map(|v| v.ln()).sum::<f64>() / n).exp(),
+        CombineRule::Arithmetic => values.iter().sum::<f64>() / n,
+        CombineRule::Minimum => values.iter().copied().fold(f64::INFINITY, f64::min),
+        CombineRule::Quadrature => {
+            values.iter().zip(&objective.signal_weights).map(|(z, w)| w * z * z).sum::<f64>().sqrt()
+        }
     }
-    (values.iter().map(|v| v.ln()).sum::<f64>() / values.len() as f64).exp()
 }
 
 /// Category edges of `k` equal bins on `[low, high]`.

@@ -4,8 +4,8 @@
 //! For membership m [N, K] and event weights w, the soft yield of process p
 //! in category k is Σ_{i∈p} w_i·m_ik and its sum of weights squared
 //! Σ_{i∈p} w_i²·m_ik. Each signal's significance counts the other signals as
-//! background; with several signals the objective is the geometric mean of
-//! their combined significances √(Σ_k Z_k²). The loss is
+//! background; several signals' combined significances √(Σ_k Z_k²) are
+//! combined by the pipeline's rule (geometric mean by default). The loss is
 //! −Z + λ_low·Σ_k relu(t − B_k)² + λ_mc·Σ_k relu(√Σw²_k / B_k − r)².
 
 use std::ops::Range;
@@ -14,7 +14,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
 
-use crate::config::{ObjectiveSpec, Pipeline, Role, SignificanceKind};
+use crate::config::{CombineRule, ObjectiveSpec, Pipeline, Role, SignificanceKind};
 use crate::model::tensor1;
 use crate::select::Events;
 
@@ -97,7 +97,7 @@ impl Objective {
             }
         }
 
-        let mut log_sum = Tensor::<B, 1>::zeros([1], &device);
+        let mut totals: Vec<Tensor<B, 1>> = Vec::with_capacity(signals.len());
         for (i, s) in signals.iter().enumerate() {
             let mut b = background.clone();
             for (j, other) in signals.iter().enumerate() {
@@ -106,10 +106,9 @@ impl Objective {
                 }
             }
             let z = category_z_tensor(self.spec.significance, s.clone(), b);
-            let total = z.powi_scalar(2).sum().clamp_min(1e-30).sqrt();
-            log_sum = log_sum + total.log();
+            totals.push(z.powi_scalar(2).sum().clamp_min(1e-30).sqrt());
         }
-        let significance = (log_sum / signals.len() as f64).exp();
+        let significance = self.combine(totals);
 
         let zero = Tensor::<B, 1>::zeros([1], &device);
         let low_background = match self.spec.low_background {
@@ -127,6 +126,27 @@ impl Objective {
         };
         let loss = significance.clone().neg() + low_background.clone() + mc_uncertainty.clone();
         LossParts { loss, significance, low_background, mc_uncertainty }
+    }
+}
+
+impl Objective {
+    /// Combines per-signal significances, each of shape [1], by the
+    /// pipeline's rule; one signal gives its own value under every rule.
+    fn combine<B: Backend>(&self, totals: Vec<Tensor<B, 1>>) -> Tensor<B, 1> {
+        let n = totals.len();
+        if n == 1 {
+            return totals.into_iter().next().expect("one signal");
+        }
+        let z = Tensor::cat(totals, 0);
+        match self.spec.combine {
+            CombineRule::Geometric => (z.log().sum() / n as f64).exp(),
+            CombineRule::Arithmetic => z.sum() / n as f64,
+            CombineRule::Minimum => z.min(),
+            CombineRule::Quadrature => {
+                let w = tensor1::<B>(&self.spec.signal_weights, &z.device());
+                (z.powi_scalar(2) * w).sum().sqrt()
+            }
+        }
     }
 }
 

@@ -267,6 +267,28 @@ pub struct ObjectiveFile {
     /// Penalties subtracted from the significance.
     #[serde(default)]
     pub penalties: PenaltiesFile,
+    /// How the significances of several signals combine into one.
+    #[serde(default)]
+    pub combine: CombineRule,
+    /// Weight of each signal, in the order of the processes, for
+    /// `combine: quadrature`; 1 for every signal when absent.
+    #[serde(default)]
+    pub signal_weights: Option<Vec<f64>>,
+}
+
+/// Combination of per-signal significances Z_i.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CombineRule {
+    /// (Π Z_i)^(1/n): gato-hep's three-class objective −√(Z₁Z₂).
+    #[default]
+    Geometric,
+    /// Σ Z_i / n.
+    Arithmetic,
+    /// min Z_i.
+    Minimum,
+    /// √(Σ w_i Z_i²) with the `signal_weights` w_i.
+    Quadrature,
 }
 
 /// Per-category significance formulas.

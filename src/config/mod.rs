@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Location, Spanned};
 
 pub use file::{
-    Checkpoint, GeneratorKind, GmmInit, MeanMapping, ModelKind, NonFinitePolicy, OptimizerKind, Role,
+    Checkpoint, CombineRule, GeneratorKind, GmmInit, MeanMapping, ModelKind, NonFinitePolicy, OptimizerKind, Role,
     SignificanceKind,
 };
 pub use schedule::Schedule;
@@ -157,6 +157,10 @@ pub struct ObjectiveSpec {
     pub low_background: Option<(f64, f64)>,
     /// `(max_relative, λ)` of the MC-uncertainty penalty.
     pub mc_uncertainty: Option<(f64, f64)>,
+    /// Combination of the per-signal significances.
+    pub combine: CombineRule,
+    /// Weight of each signal for [`CombineRule::Quadrature`].
+    pub signal_weights: Vec<f64>,
 }
 
 /// The validated optimiser.
@@ -727,7 +731,38 @@ fn validate_objective(file: &PipelineFile, plain: &PlainFn) -> Result<ObjectiveS
             Some((m.max_relative, m.weight))
         }
     };
-    Ok(ObjectiveSpec { significance: file.objective.significance, low_background, mc_uncertainty })
+    let signals = file.processes.iter().filter(|p| p.value.role == Role::Signal).count();
+    let signal_weights = match &file.objective.signal_weights {
+        None => vec![1.0; signals],
+        Some(w) => {
+            if w.len() != signals {
+                return Err(plain(
+                    "objective.signal_weights",
+                    format!("give one weight per signal process: {signals} signals, {} weights", w.len()),
+                ));
+            }
+            if let Some(bad) = w.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(plain(
+                    "objective.signal_weights",
+                    format!("weights must be finite and positive, got {bad}"),
+                ));
+            }
+            w.clone()
+        }
+    };
+    if file.objective.signal_weights.is_some() && file.objective.combine != CombineRule::Quadrature {
+        return Err(plain(
+            "objective.signal_weights",
+            "apply to `combine: quadrature` only; remove them or set that rule".into(),
+        ));
+    }
+    Ok(ObjectiveSpec {
+        significance: file.objective.significance,
+        low_background,
+        mc_uncertainty,
+        combine: file.objective.combine,
+        signal_weights,
+    })
 }
 
 /// Validates a schedule: both ends finite and positive, and for a quantity
