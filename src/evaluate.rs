@@ -281,3 +281,60 @@ pub fn dp_optimum(pipeline: &Pipeline, events: &Events, k: usize, bins: usize) -
     let edges = cuts.iter().map(|&i| low + (high - low) * i as f64 / bins as f64).collect();
     Some(DpOptimum { bins, edges, z: best[k][bins].sqrt() })
 }
+
+/// The argmax baseline of a softmax classifier.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArgmaxBaseline {
+    /// Lower edge of the bins of each signal's score.
+    pub low: f64,
+    /// √(Σ_k Z_k²) of each signal in its own categories.
+    pub z_per_signal: Vec<f64>,
+    /// Their combination by the objective's rule.
+    pub z: f64,
+}
+
+/// Evaluates the argmax baseline with K bins per signal.
+///
+/// Discriminant i is read as the softmax score of signal i (signals in the
+/// order of the processes) and the background score as 1 − Σ_i score_i.
+/// For signal i, the events whose largest score is score_i are split into
+/// K equal bins of score_i on `[low, 1]` (the top edge closed); signal i
+/// counts as signal there and everything else as background. Events of
+/// other argmax classes do not enter signal i's significance.
+pub fn argmax_baseline(pipeline: &Pipeline, events: &Events, k: usize, low: f64) -> ArgmaxBaseline {
+    let signals = pipeline.signal_indices();
+    let n = signals.len();
+    let mut signal_yield = vec![vec![0.0f64; k]; n];
+    let mut other_yield = vec![vec![0.0f64; k]; n];
+    for (p, range) in events.process_ranges.iter().enumerate() {
+        let own = signals.iter().position(|&s| s == p);
+        for e in range.clone() {
+            let scores: Vec<f64> = events.discriminants.iter().map(|d| d[e]).collect();
+            let background_score = 1.0 - scores.iter().sum::<f64>();
+            let (class, top) = scores
+                .iter()
+                .copied()
+                .enumerate()
+                .fold((n, background_score), |best, (i, v)| if v > best.1 { (i, v) } else { best });
+            if class == n || top < low {
+                continue;
+            }
+            let bin = (((top - low) / (1.0 - low)) * k as f64).floor().min((k - 1) as f64) as usize;
+            if own == Some(class) {
+                signal_yield[class][bin] += events.weight[e];
+            } else {
+                other_yield[class][bin] += events.weight[e];
+            }
+        }
+    }
+    let kind = pipeline.objective.significance;
+    let z_per_signal: Vec<f64> = (0..n)
+        .map(|i| {
+            let zs: Vec<f64> =
+                (0..k).map(|b| category_z(kind, signal_yield[i][b], other_yield[i][b])).collect();
+            combine(&zs)
+        })
+        .collect();
+    let z = combine_signals(&pipeline.objective, &z_per_signal);
+    ArgmaxBaseline { low, z_per_signal, z }
+}

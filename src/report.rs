@@ -113,6 +113,8 @@ pub struct RunSummary {
     pub equidistant: Baseline,
     /// The DP optimum (one discriminant and one signal only).
     pub dp_optimum: Option<DpSummary>,
+    /// The argmax baseline, with `evaluation.argmax_low`.
+    pub argmax: Option<crate::evaluate::ArgmaxBaseline>,
     /// Output files with the `category` column, one per input.
     pub outputs: Vec<OutputFile>,
     /// The saved model, for `gato apply`.
@@ -234,8 +236,8 @@ pub fn format_comparison(runs: &[RunSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:>4} {:>12} {:>10} {:>14} {:>9}",
-        "run", "K", "equal bins", "learnt", "best binned", "shortfall"
+        "{:<16} {:>4} {:>12} {:>10} {:>14} {:>9} {:>10}",
+        "run", "K", "equal bins", "learnt", "best binned", "shortfall", "argmax"
     );
     let mut bins = None;
     for run in runs {
@@ -251,10 +253,11 @@ pub fn format_comparison(runs: &[RunSummary]) -> String {
         } else {
             "-".into()
         };
+        let argmax = run.argmax.as_ref().map_or("-".to_string(), |a| format!("{:.4}", a.z));
         let _ = writeln!(
             out,
-            "{:<16} {:>4} {:>12} {:>10.4} {:>14} {:>9}",
-            run.name, run.categories, equal, run.table.z, dp, gap
+            "{:<16} {:>4} {:>12} {:>10.4} {:>14} {:>9} {:>10}",
+            run.name, run.categories, equal, run.table.z, dp, gap, argmax
         );
     }
     if let Some(bins) = bins {

@@ -280,6 +280,10 @@ fn evaluate_run(
     };
     let dp = dp_optimum(pipeline, events, k, pipeline.evaluation.dp_bins)
         .map(|optimum| DpSummary { gap: (optimum.z - table.z) / optimum.z, optimum });
+    let argmax = pipeline
+        .evaluation
+        .argmax_low
+        .map(|low| crate::evaluate::argmax_baseline(pipeline, events, k, low));
     let soft_hard_bias = if table.z > 0.0 { (outcome.soft_z - table.z) / table.z } else { f64::NAN };
     Ok(RunSummary {
         name,
@@ -302,6 +306,7 @@ fn evaluate_run(
         table,
         equidistant,
         dp_optimum: dp,
+        argmax,
         outputs: Vec::new(),
         model_file: String::new(),
         training_s,

@@ -424,11 +424,14 @@ pub struct EvaluationFile {
     /// Bins of the histogram the dynamic-programming optimum searches.
     #[serde(default = "default_dp_bins")]
     pub dp_bins: usize,
+    /// Lower edge of the argmax baseline's bins, or no argmax baseline.
+    #[serde(default)]
+    pub argmax_low: Option<f64>,
 }
 
 impl Default for EvaluationFile {
     fn default() -> Self {
-        EvaluationFile { dp_bins: default_dp_bins() }
+        EvaluationFile { dp_bins: default_dp_bins(), argmax_low: None }
     }
 }
 

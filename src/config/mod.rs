@@ -225,6 +225,23 @@ impl Pipeline {
         let largest_k = model.categories.iter().copied().max().unwrap_or(2);
         in_range("evaluation.dp_bins", file.evaluation.dp_bins, largest_k, MAX_DP_BINS)
             .map_err(|e| Error::Config(format!("{e} (it must be at least the largest K)")))?;
+        if let Some(low) = file.evaluation.argmax_low {
+            let signals = processes.iter().filter(|p| p.role == Role::Signal).count();
+            if !(low.is_finite() && (0.0..1.0).contains(&low)) {
+                return Err(plain("evaluation.argmax_low", format!("must be in [0, 1), got {low}")));
+            }
+            if selection.discriminants.len() != signals {
+                return Err(plain(
+                    "evaluation.argmax_low",
+                    format!(
+                        "the argmax baseline reads discriminant i as the softmax score of \
+                         signal i, so it needs one discriminant per signal: {} discriminants, \
+                         {signals} signals",
+                        selection.discriminants.len()
+                    ),
+                ));
+            }
+        }
         let name_ok = !file.name.is_empty()
             && file.name != "."
             && file.name != ".."

@@ -97,3 +97,73 @@ fn refine_two_cuts_is_locally_optimal() {
         }
     }
 }
+
+fn objective_with(rule: gato::config::CombineRule, weights: Vec<f64>) -> gato::config::ObjectiveSpec {
+    gato::config::ObjectiveSpec {
+        significance: gato::config::SignificanceKind::Asimov,
+        low_background: None,
+        mc_uncertainty: None,
+        combine: rule,
+        signal_weights: weights,
+    }
+}
+
+#[test]
+fn combine_rules_hand_values() {
+    use gato::config::CombineRule::*;
+    use gato::evaluate::combine_signals;
+    let z = [4.0, 1.0];
+    assert_eq!(combine_signals(&objective_with(Geometric, vec![1.0, 1.0]), &z), 2.0);
+    assert_eq!(combine_signals(&objective_with(Arithmetic, vec![1.0, 1.0]), &z), 2.5);
+    assert_eq!(combine_signals(&objective_with(Minimum, vec![1.0, 1.0]), &z), 1.0);
+    assert_eq!(combine_signals(&objective_with(Quadrature, vec![1.0, 4.0]), &z), 20f64.sqrt());
+    assert_eq!(combine_signals(&objective_with(Geometric, vec![1.0]), &[3.0]), 3.0);
+}
+
+#[test]
+fn combine_rules_on_tensors_agree() {
+    use burn::backend::{Autodiff, NdArray};
+    use gato::burn;
+    use gato::config::CombineRule::*;
+    use gato::model::{GaussianMixture, Params, tensor1, to_host};
+    use gato::objective::{EventTensors, Objective};
+    type B = Autodiff<NdArray<f64>>;
+
+    let mut processes = String::from("processes:\n");
+    for s in ["signal1", "signal2"] {
+        processes.push_str(&format!("  - {{ name: {s}, role: signal, source: toy }}\n"));
+    }
+    for b in ["bkg1", "bkg2", "bkg3", "bkg4", "bkg5"] {
+        processes.push_str(&format!("  - {{ name: {b}, role: background, source: toy }}\n"));
+    }
+    let text = format!(
+        "name: c\nsources:\n  toy:\n    generator: {{ kind: three-class, signal: 500, background: 2000 }}\n\
+         {processes}selection:\n  sql: SELECT score_signal1, score_signal2, weight FROM events\n\
+         \x20 discriminants: [score_signal1, score_signal2]\n\
+         model:\n  kind: gmm\n  categories: [3]\n  means: simplex\n"
+    );
+    let pipeline = pipeline(&text);
+    let (_, events) = select_events(&pipeline);
+    let device = Default::default();
+    let tensors = EventTensors::<B>::new(&events, &pipeline, &device);
+    let model = GaussianMixture::new(3, vec![(0.0, 1.0); 2], true, None, gato::config::GmmInit::Random);
+    let params = Params {
+        names: vec!["logits".into(), "means".into(), "scale".into()],
+        shapes: vec![vec![3], vec![3, 2], vec![3, 2, 2]],
+        values: vec![vec![0.1, 0.0, -0.1], vec![2.0, -1.0, -1.0, 2.0, 0.0, 0.0], vec![0.0; 12]],
+    };
+    let soft = |rule, weights: Vec<f64>| -> f64 {
+        let ts: Vec<_> = params.values.iter().map(|v| tensor1::<B>(v, &device)).collect();
+        let m = model.membership(&tensors.columns, &ts, tensor1::<B>(&[0.5], &device));
+        to_host(Objective::new(objective_with(rule, weights)).compute(m, &tensors).significance)[0]
+    };
+    let (geometric, arithmetic) = (soft(Geometric, vec![1.0, 1.0]), soft(Arithmetic, vec![1.0, 1.0]));
+    // Z1 and Z2 are the roots of t² − (Z1 + Z2)t + Z1·Z2.
+    let (sum, product) = (2.0 * arithmetic, geometric * geometric);
+    let root = (sum * sum / 4.0 - product).max(0.0).sqrt();
+    let (high, low) = (sum / 2.0 + root, sum / 2.0 - root);
+    assert!((soft(Minimum, vec![1.0, 1.0]) - low).abs() < 1e-9 * high);
+    let quadrature = soft(Quadrature, vec![2.0, 3.0]);
+    let candidates = [(2.0 * high * high + 3.0 * low * low).sqrt(), (2.0 * low * low + 3.0 * high * high).sqrt()];
+    assert!(candidates.iter().any(|c| (quadrature - c).abs() < 1e-9 * c), "{quadrature} vs {candidates:?}");
+}

@@ -338,3 +338,17 @@ fn reference_gmm_3class_forward_and_gradient() {
         check_gmm_case(case, c, &model, &pipeline, &events, "soft_sqrtZ1Z2", "grad_soft_sqrtZ1Z2");
     }
 }
+
+#[test]
+fn reference_argmax_baseline_matches_gato_hep() {
+    // gato-hep 0.2.1's argmax baseline on the three-class reference file,
+    // Z1/Z2 to three decimals, for 2, 5 and 10 bins on [0.33, 1].
+    let (pipeline, events) = load_3class();
+    for (k, z1, z2) in [(2, 0.882, 0.164), (5, 1.107, 0.195), (10, 1.258, 0.214)] {
+        let baseline = gato::evaluate::argmax_baseline(&pipeline, &events, k, 0.33);
+        let got = &baseline.z_per_signal;
+        assert!((got[0] - z1).abs() < 6e-4, "K = {k}: Z1 {} vs gato-hep {z1}", got[0]);
+        assert!((got[1] - z2).abs() < 6e-4, "K = {k}: Z2 {} vs gato-hep {z2}", got[1]);
+        assert!((baseline.z - (got[0] * got[1]).sqrt()).abs() < 1e-12);
+    }
+}
