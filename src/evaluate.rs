@@ -59,8 +59,8 @@ pub struct CategoryTable {
 }
 
 impl CategoryTable {
-    /// Whether every category meets the minimum background yield and the
-    /// maximum relative MC uncertainty of the pipeline's penalties.
+    /// Checks that every category meets the minimum background yield and
+    /// the maximum relative MC uncertainty of the pipeline's penalties.
     pub fn meets_constraints(&self, pipeline: &Pipeline) -> bool {
         let low_ok = pipeline
             .objective
@@ -298,8 +298,8 @@ pub struct ArgmaxBaseline {
 /// Discriminant i is read as the softmax score of signal i (signals in the
 /// order of the processes) and the background score as 1 − Σ_i score_i.
 /// For signal i, the events whose largest score is score_i are split into
-/// K equal bins of score_i on `[low, 1]` (the top edge closed); signal i
-/// counts as signal there and everything else as background. Events of
+/// K equal bins of score_i on `[low, 1]`, with the top edge closed. There,
+/// signal i counts as signal and everything else as background. Events of
 /// other argmax classes do not enter signal i's significance.
 pub fn argmax_baseline(pipeline: &Pipeline, events: &Events, k: usize, low: f64) -> ArgmaxBaseline {
     let signals = pipeline.signal_indices();

@@ -2,8 +2,8 @@
 //! `gato apply` loads to categorise other files.
 //!
 //! The file records the model kind, K, the discriminant columns it expects,
-//! their ranges, the fixed settings and the raw parameters in float64 (JSON
-//! numbers written with round-trip precision), so a loaded model assigns
+//! their ranges, the fixed settings and the raw parameters in float64. JSON
+//! numbers are written with round-trip precision, so a loaded model assigns
 //! exactly the categories of the run that saved it.
 
 use std::path::Path;
@@ -156,7 +156,7 @@ impl SavedModel {
         Ok(())
     }
 
-    /// The model this file describes.
+    /// Builds the model this file describes.
     pub fn model(&self) -> CategoryModel {
         match self.kind {
             ModelKind::Sigmoid => CategoryModel::Sigmoid(SigmoidCuts::new(
