@@ -394,6 +394,9 @@ fn warn_outside_range(pipeline: &Pipeline, events: &Events) {
 /// the run directories of an earlier summary that this run does not
 /// replace.
 fn publish(output: &Path, staging: &Path, summary: &Summary, overwrite: bool) -> Result<()> {
+    // NOTE: the run directories are renamed one at a time, so a process killed
+    // between two renames leaves some new and some old run directories (each
+    // whole) beside the old summary.json.
     let previous = if overwrite { previous_run_names(output) } else { Vec::new() };
     for run in &summary.runs {
         let target = output.join(&run.name);

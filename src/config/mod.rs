@@ -1,11 +1,11 @@
 //! Pipeline configuration: the YAML file, `${VAR}` substitution, and the
 //! validated [`Pipeline`] that the stages run from.
 //!
-//! Reading happens in three steps: the text is read and its `${VAR}`
-//! references replaced ([`env`]), serde-saphyr parses it into the raw structs
-//! of [`file`] (unknown keys and wrong types fail there, with line and
-//! column), and [`Pipeline::from_file`] checks what involves several keys or
-//! the file system and resolves globs.
+//! Reading happens in three steps. First the text is read and its `${VAR}`
+//! references replaced ([`env`]). Then serde-saphyr parses it into the raw
+//! structs of [`file`], where unknown keys and wrong types fail with line and
+//! column. Last, [`Pipeline::from_file`] checks what involves several keys or
+//! the file system, and resolves globs.
 
 pub mod env;
 pub mod file;
@@ -68,14 +68,14 @@ pub struct Pipeline {
 /// One input of events, read once even when several processes share it.
 #[derive(Debug, Clone)]
 pub struct Input {
-    /// Where the events come from.
+    /// Origin of the events.
     pub kind: InputKind,
-    /// How rows are assigned to processes.
+    /// Assignment of rows to processes.
     pub assign: ProcessAssign,
 }
 
 impl Input {
-    /// A short label for messages and output file names.
+    /// Returns a short label for messages.
     pub fn label(&self) -> String {
         match &self.kind {
             InputKind::File(path) => path.display().to_string(),
@@ -84,7 +84,7 @@ impl Input {
     }
 }
 
-/// Where an input's events come from.
+/// Origin of an input's events.
 #[derive(Debug, Clone)]
 pub enum InputKind {
     /// A Parquet file.
@@ -93,7 +93,7 @@ pub enum InputKind {
     Generator { source: String, spec: crate::toy::ToySpec },
 }
 
-/// How the rows of an input are assigned to processes.
+/// Assignment of an input's rows to processes.
 #[derive(Debug, Clone)]
 pub enum ProcessAssign {
     /// Every row belongs to the process with this index.
