@@ -176,7 +176,7 @@ pub fn write_history(path: &Path, history: &[Vec<EpochRecord>]) -> Result<()> {
     crate::atomic::write(path, json.as_bytes())
 }
 
-/// The per-category table of one run, as text.
+/// Formats the per-category table of one run.
 pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
     let signals: Vec<&str> =
         processes.iter().filter(|p| p.role == "signal").map(|p| p.name.as_str()).collect();
@@ -231,7 +231,7 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
     out
 }
 
-/// The significance of every run against its baselines, as text.
+/// Formats the significance of every run against its baselines.
 pub fn format_comparison(runs: &[RunSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(

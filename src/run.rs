@@ -151,7 +151,7 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
     Ok(summary)
 }
 
-/// The model for K categories.
+/// Builds the model for K categories.
 pub fn build_model(pipeline: &Pipeline, k: usize) -> CategoryModel {
     let (lo, hi) = pipeline.model.range;
     match pipeline.model.kind {

@@ -2,7 +2,7 @@
 //! `events` and collects the selected events as [`Events`].
 //!
 //! The query may filter rows, compute discriminants and weights, and join
-//! lookup tables, but it must keep one output row per event: gato rewrites
+//! lookup tables, but it must keep one output row per event. gato rewrites
 //! every projection of the plan to carry the hidden columns that tie an event
 //! to its input row, and rejects aggregations. The weights returned by the
 //! query are multiplied by each process's `scale`.
@@ -47,7 +47,7 @@ impl Events {
         self.weight.len()
     }
 
-    /// Whether there are no events.
+    /// Returns whether there are no events.
     pub fn is_empty(&self) -> bool {
         self.weight.is_empty()
     }
@@ -100,16 +100,16 @@ async fn plan(
     let plan = carry_hidden_columns(plan)?;
     let output_columns: Vec<String> =
         plan.schema().fields().iter().map(|f| f.name().clone()).collect();
-    let wanted: Vec<&str> = pipeline
+    let required: Vec<&str> = pipeline
         .selection
         .discriminants
         .iter()
         .map(String::as_str)
         .chain([pipeline.selection.weight.as_str()])
         .collect();
-    for name in &wanted {
+    for name in &required {
         if !output_columns.iter().any(|c| c == name) {
-            let shown: Vec<&str> = output_columns
+            let visible: Vec<&str> = output_columns
                 .iter()
                 .map(String::as_str)
                 .filter(|c| !HIDDEN_COLUMNS.contains(c))
@@ -117,12 +117,12 @@ async fn plan(
             return Err(Error::Select(format!(
                 "the query returns no column `{name}`; it returns [{}]. Return it, \
                  or change `selection.discriminants` / `selection.weight`",
-                shown.join(", ")
+                visible.join(", ")
             )));
         }
     }
     for field in plan.schema().fields() {
-        if wanted.contains(&field.name().as_str()) && !field.data_type().is_numeric() {
+        if required.contains(&field.name().as_str()) && !field.data_type().is_numeric() {
             return Err(Error::Select(format!(
                 "column `{}` has type {}, expected a number; cast it in the SQL",
                 field.name(),

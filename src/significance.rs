@@ -78,7 +78,7 @@ mod tests {
     }
 
     #[test]
-    fn asimov_small_ratio_tends_to_s_over_sqrt_b() {
+    fn asimov_small_ratio_limit() {
         let z = asimov(1e-6, 1e6);
         assert!((z - 1e-9).abs() / 1e-9 < 1e-9);
     }

@@ -102,12 +102,12 @@ impl Sources {
         self.inputs.len()
     }
 
-    /// Whether there are no inputs.
+    /// Returns whether there are no inputs.
     pub fn is_empty(&self) -> bool {
         self.inputs.is_empty()
     }
 
-    /// The input at `index`.
+    /// Returns the input at `index`.
     pub fn input(&self, index: usize) -> &Input {
         &self.inputs[index].input
     }

@@ -67,7 +67,7 @@ pub struct ToySpec {
 }
 
 impl ToySpec {
-    /// The default sample of `kind`: 100 000 signal and 300 000 background
+    /// Builds the default sample of `kind`: 100 000 signal and 300 000 background
     /// events (1D), or 100 000 per signal and 500 000 background
     /// (three-class).
     pub fn new(kind: GeneratorKind, seed: u64) -> ToySpec {

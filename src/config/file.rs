@@ -150,7 +150,7 @@ pub struct SelectionFile {
     /// Output column holding the event weight.
     #[serde(default = "default_weight")]
     pub weight: String,
-    /// What to do with NaN or ±inf in a discriminant or the weight.
+    /// Handling of NaN or ±inf in a discriminant or the weight.
     #[serde(default)]
     pub non_finite: NonFinitePolicy,
 }
@@ -191,15 +191,15 @@ pub struct ModelFile {
     /// absent.
     #[serde(default)]
     pub sigma_base: Option<f64>,
-    /// How the GMM means start.
+    /// Start of the GMM means.
     #[serde(default)]
     pub init: GmmInit,
-    /// How raw GMM means map onto the discriminant space.
+    /// Mapping of raw GMM means onto the discriminant space.
     #[serde(default)]
     pub means: MeanMapping,
 }
 
-/// How raw GMM means map onto the discriminant space.
+/// Mapping of raw GMM means onto the discriminant space.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MeanMapping {
@@ -267,7 +267,7 @@ pub struct ObjectiveFile {
     /// Penalties subtracted from the significance.
     #[serde(default)]
     pub penalties: PenaltiesFile,
-    /// How the significances of several signals combine into one.
+    /// Combination of the significances of several signals into one.
     #[serde(default)]
     pub combine: CombineRule,
     /// Weight of each signal, in the order of the processes, for
@@ -406,7 +406,7 @@ fn default_restarts() -> usize {
     1
 }
 
-/// Which epoch's parameters a run keeps.
+/// Rule for the epoch whose parameters a run keeps.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Checkpoint {

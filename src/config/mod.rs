@@ -522,7 +522,7 @@ fn attach(input: &mut Input, index: usize, name: &str, value: Option<&str>) -> R
     }
 }
 
-/// The path with links and `..` resolved, so that two spellings of one file
+/// Resolves links and `..` in `path`, so that two spellings of one file
 /// compare equal.
 fn canonical(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())

@@ -36,7 +36,7 @@ pub struct GaussianMixture {
     pub sigma_base: f64,
     /// Factor on the off-diagonal entries of the scale factor.
     pub damping: f64,
-    /// How [`GaussianMixture::init`] starts.
+    /// Start used by [`GaussianMixture::init`].
     pub init: GmmInit,
 }
 
@@ -263,8 +263,8 @@ fn gamma_half_integer(x: f64) -> f64 {
     value
 }
 
-/// The weighted quantiles at (i + 0.5)/n, i = 0..n, of `(value, weight)`
-/// pairs.
+/// Computes the weighted quantiles at (i + 0.5)/n, i = 0..n, of
+/// `(value, weight)` pairs.
 fn weighted_quantiles(points: &[(f64, f64)], n: usize) -> Vec<f64> {
     let mut sorted: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.1 > 0.0).collect();
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0));

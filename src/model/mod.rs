@@ -36,12 +36,12 @@ impl Params {
         self.values.iter().map(Vec::len).sum()
     }
 
-    /// Whether there are no parameters.
+    /// Returns whether there are no parameters.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The tensor called `name`.
+    /// Returns the tensor called `name`.
     pub fn get(&self, name: &str) -> &[f64] {
         let i = self.names.iter().position(|n| n == name).expect("parameter name is known");
         &self.values[i]

@@ -47,7 +47,7 @@ impl SigmoidCuts {
         Params { names: vec!["raw".into()], shapes: vec![vec![n]], values: vec![raw] }
     }
 
-    /// The boundaries, ascending, in discriminant units.
+    /// Returns the boundaries, ascending, in discriminant units.
     pub fn boundaries(&self, params: &Params) -> Vec<f64> {
         let raw = params.get("raw");
         let max = raw.iter().copied().fold(0.0f64, f64::max);

@@ -12,7 +12,7 @@ use crate::model::{CategoryModel, Params, tensor1, to_host};
 use crate::objective::{EventTensors, Objective};
 use crate::select::Events;
 
-/// What one epoch recorded.
+/// Record of one epoch.
 #[derive(Debug, Clone, Serialize)]
 pub struct EpochRecord {
     /// Epoch index, from 0.

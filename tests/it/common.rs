@@ -6,12 +6,12 @@ use gato::config::Pipeline;
 use gato::select::{Events, select};
 use gato::source::Sources;
 
-/// The gato-hep reference files, beside the repository.
+/// Returns the path of a gato-hep reference file.
 pub fn reference(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/reference").join(name)
 }
 
-/// The `gato` binary built for these tests.
+/// Returns the `gato` binary built for these tests.
 pub fn gato_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gato"))
 }

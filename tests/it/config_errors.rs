@@ -69,7 +69,7 @@ fn write_parquet(path: &Path, process: &[&str], score: &[f64], weight: &[f64]) {
     writer.close().unwrap();
 }
 
-/// A Parquet file with one signal and one background event.
+/// Writes a Parquet file with one signal and one background event.
 fn two_event_file() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.parquet");
