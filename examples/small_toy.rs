@@ -31,12 +31,20 @@ training:
 fn main() -> anyhow::Result<()> {
     let pipeline = Pipeline::from_text(PIPELINE, "small_toy")?;
     let out = tempfile::tempdir()?;
-    let options = RunOptions { output: Some(out.path().to_path_buf()), ..Default::default() };
+    let options =
+        RunOptions { output: Some(out.path().to_path_buf()), ..Default::default() };
     let runtime = tokio::runtime::Runtime::new()?;
     let summary = runtime.block_on(run_pipeline(&pipeline, &options))?;
     for run in &summary.runs {
-        println!("K = {}: boundaries {:?}", run.categories, run.boundaries.as_deref().unwrap_or(&[]));
-        println!("  learnt Z = {:.4}, equal bins Z = {:.4}", run.table.z, run.equidistant.z);
+        println!(
+            "K = {}: boundaries {:?}",
+            run.categories,
+            run.boundaries.as_deref().unwrap_or(&[])
+        );
+        println!(
+            "  learnt Z = {:.4}, equal bins Z = {:.4}",
+            run.table.z, run.equidistant.z
+        );
     }
     Ok(())
 }

@@ -50,7 +50,12 @@ pub fn output_names(sources: &Sources) -> Vec<String> {
 ///
 /// `assign` gives the category of each selected event (in the order of
 /// `events`); rows the selection rejected get a null category.
-pub fn apply(sources: &Sources, events: &Events, assign: &[u32], dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn apply(
+    sources: &Sources,
+    events: &Events,
+    assign: &[u32],
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::output(dir, format!("cannot create directory: {e}")))?;
     let names = output_names(sources);
@@ -69,7 +74,10 @@ pub fn apply(sources: &Sources, events: &Events, assign: &[u32], dir: &Path) -> 
         }
         let path = dir.join(name);
         if let InputKind::File(input) = &sources.input(index).kind {
-            let same = path.canonicalize().ok().is_some_and(|p| Some(p) == input.canonicalize().ok());
+            let same = path
+                .canonicalize()
+                .ok()
+                .is_some_and(|p| Some(p) == input.canonicalize().ok());
             if same {
                 return Err(Error::output(
                     &path,
@@ -84,13 +92,24 @@ pub fn apply(sources: &Sources, events: &Events, assign: &[u32], dir: &Path) -> 
     Ok(written)
 }
 
-fn write_input(sources: &Sources, index: usize, categories: &[i32], path: &Path) -> Result<()> {
+fn write_input(
+    sources: &Sources,
+    index: usize,
+    categories: &[i32],
+    path: &Path,
+) -> Result<()> {
     let label = sources.input(index).label();
-    write_categorised(sources.read(index)?, &sources.raw_schema(index), &label, path, |batch, row| {
-        Ok((row..row + batch.num_rows())
-            .map(|r| categories.get(r).copied().filter(|&c| c >= 0))
-            .collect())
-    })
+    write_categorised(
+        sources.read(index)?,
+        &sources.raw_schema(index),
+        &label,
+        path,
+        |batch, row| {
+            Ok((row..row + batch.num_rows())
+                .map(|r| categories.get(r).copied().filter(|&c| c >= 0))
+                .collect())
+        },
+    )
 }
 
 /// Writes every batch of `batches` with a `category` column appended to
@@ -114,7 +133,8 @@ pub fn write_categorised(
             ),
         ));
     }
-    let mut fields: Vec<Field> = raw.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> =
+        raw.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(CATEGORY_COLUMN, DataType::Int32, true));
     let schema = Arc::new(Schema::new_with_metadata(fields, raw.metadata().clone()));
     let temp = crate::atomic::temp_file_for(path)?;
@@ -144,15 +164,24 @@ pub fn write_categorised(
 /// The model's discriminant columns must be numeric columns of the file.
 /// Rows where one of them is null, NaN or ±inf get a null category. Returns
 /// the number of rows and of rows left without a category.
-pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<(usize, usize)> {
-    let same = output.canonicalize().ok().is_some_and(|p| Some(p) == input.canonicalize().ok());
+pub fn apply_model(
+    saved: &SavedModel,
+    input: &Path,
+    output: &Path,
+) -> Result<(usize, usize)> {
+    let same =
+        output.canonicalize().ok().is_some_and(|p| Some(p) == input.canonicalize().ok());
     if same {
-        return Err(Error::output(output, "is the input file; choose another output directory"));
+        return Err(Error::output(
+            output,
+            "is the input file; choose another output directory",
+        ));
     }
     let (schema, batches) = crate::source::read_parquet_file(input)?;
     for name in &saved.discriminants {
         let field = schema.field_with_name(name).map_err(|_| {
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let names: Vec<&str> =
+                schema.fields().iter().map(|f| f.name().as_str()).collect();
             Error::input(
                 input,
                 format!(
@@ -165,7 +194,10 @@ pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<(u
         if !field.data_type().is_numeric() {
             return Err(Error::input(
                 input,
-                format!("column `{name}` has type {}, but the model needs numbers", field.data_type()),
+                format!(
+                    "column `{name}` has type {}, but the model needs numbers",
+                    field.data_type()
+                ),
             ));
         }
     }
@@ -178,11 +210,13 @@ pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<(u
             let array = batch.column_by_name(name).ok_or_else(|| {
                 Error::Internal(format!("column {name} missing from a batch"))
             })?;
-            let array = cast(array, &DataType::Float64)
-                .map_err(|e| Error::input(input, format!("cannot convert `{name}` to float64: {e}")))?;
-            let array = array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(|| {
-                Error::Internal("cast to Float64 gave another type".into())
+            let array = cast(array, &DataType::Float64).map_err(|e| {
+                Error::input(input, format!("cannot convert `{name}` to float64: {e}"))
             })?;
+            let array =
+                array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(
+                    || Error::Internal("cast to Float64 gave another type".into()),
+                )?;
             columns.push(
                 (0..batch.num_rows())
                     .map(|i| if array.is_null(i) { f64::NAN } else { array.value(i) })

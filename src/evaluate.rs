@@ -21,6 +21,13 @@ pub struct CategoryRow {
     pub lower: Option<f64>,
     /// Upper edge in the discriminant (1D cut models only).
     pub upper: Option<f64>,
+    /// `[low, high]` on each discriminant (sigmoid grids only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cell: Option<Vec<[f64; 2]>>,
+    /// Factor on the yields of the reweighted background processes
+    /// (`objective.background_reweight` only); the yields below include it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_factor: Option<f64>,
     /// Number of selected events (unweighted), signal and background.
     pub events: usize,
     /// Number of selected background MC events (unweighted).
@@ -51,6 +58,9 @@ pub struct CategoryTable {
     pub z: f64,
     /// Categories whose background yield is zero or negative.
     pub nonpositive_background: usize,
+    /// Category indices from the most to the least significant, by the
+    /// objective's combination of the per-signal Z of each category.
+    pub by_significance: Vec<usize>,
     /// Names of the signal processes, the order of `signal` and `z`.
     pub signal_processes: Vec<String>,
     /// Names of the background processes, the order of
@@ -67,20 +77,31 @@ impl CategoryTable {
             .low_background
             .is_none_or(|(t, _)| self.categories.iter().all(|c| c.background >= t));
         let mc_ok = pipeline.objective.mc_uncertainty.is_none_or(|(r, _)| {
-            self.categories.iter().all(|c| c.relative_mc_uncertainty.is_some_and(|u| u <= r))
+            self.categories
+                .iter()
+                .all(|c| c.relative_mc_uncertainty.is_some_and(|u| u <= r))
         });
         low_ok && mc_ok
     }
 }
 
 /// Evaluates `assign` (one category per event, each < `k`).
+///
+/// `factors` (one per category) scale the yields, and their squares the
+/// Σw², of the background processes named in
+/// `objective.background_reweight`; `None` scales nothing.
 pub fn evaluate(
     pipeline: &Pipeline,
     events: &Events,
     assign: &[u32],
     k: usize,
     edges: Option<&[f64]>,
+    factors: Option<&[f64]>,
 ) -> CategoryTable {
+    let scaled = |p: usize| {
+        factors.is_some()
+            && pipeline.objective.reweight.as_ref().is_some_and(|r| r.scaled[p])
+    };
     let signals = pipeline.signal_indices();
     let backgrounds = pipeline.background_indices();
     let mut yields = vec![vec![0.0f64; k]; pipeline.processes.len()];
@@ -89,14 +110,25 @@ pub fn evaluate(
     let mut background_counts = vec![0usize; k];
     for (p, range) in events.process_ranges.iter().enumerate() {
         let background = pipeline.processes[p].role == Role::Background;
+        let factors = factors.filter(|_| scaled(p));
+        let mut process_sumw2 = vec![0.0f64; if factors.is_some() { k } else { 0 }];
         for i in range.clone() {
             let c = assign[i] as usize;
             let w = events.weight[i];
             yields[p][c] += w;
             counts[c] += 1;
             if background {
-                sumw2[c] += w * w;
+                match factors {
+                    Some(_) => process_sumw2[c] += w * w,
+                    None => sumw2[c] += w * w,
+                }
                 background_counts[c] += 1;
+            }
+        }
+        if let Some(f) = factors {
+            for c in 0..k {
+                yields[p][c] *= f[c];
+                sumw2[c] += process_sumw2[c] * f[c] * f[c];
             }
         }
     }
@@ -111,6 +143,7 @@ pub fn evaluate(
     );
     for (row, n) in table.categories.iter_mut().zip(background_counts) {
         row.background_events = n;
+        row.background_factor = factors.map(|f| f[row.category]);
     }
     let name = |p: &usize| pipeline.processes[*p].name.clone();
     table.signal_processes = signals.iter().map(name).collect();
@@ -132,24 +165,30 @@ fn table_from_yields(
     let mut rows = Vec::with_capacity(k);
     for c in 0..k {
         let signal: Vec<f64> = signals.iter().map(|&p| yields[p][c]).collect();
-        let background_by_process: Vec<f64> = backgrounds.iter().map(|&p| yields[p][c]).collect();
+        let background_by_process: Vec<f64> =
+            backgrounds.iter().map(|&p| yields[p][c]).collect();
         let background: f64 = background_by_process.iter().sum();
         let total_signal: f64 = signal.iter().sum();
         let z = signal
             .iter()
-            .map(|&s| category_z(objective.significance, s, background + total_signal - s))
+            .map(|&s| {
+                category_z(objective.significance, s, background + total_signal - s)
+            })
             .collect();
         rows.push(CategoryRow {
             category: c,
             lower: edges.map(|e| e[c]),
             upper: edges.map(|e| e[c + 1]),
+            cell: None,
+            background_factor: None,
             events: counts[c],
             background_events: 0,
             signal,
             background,
             background_by_process,
             background_sumw2: sumw2[c],
-            relative_mc_uncertainty: (background > 0.0).then(|| sumw2[c].sqrt() / background),
+            relative_mc_uncertainty: (background > 0.0)
+                .then(|| sumw2[c].sqrt() / background),
             z,
         });
     }
@@ -158,11 +197,17 @@ fn table_from_yields(
         .collect();
     let z = combine_signals(objective, &z_per_signal);
     let nonpositive_background = rows.iter().filter(|r| r.background <= 0.0).count();
+    let category_z: Vec<f64> =
+        rows.iter().map(|r| combine_signals(objective, &r.z)).collect();
+    let mut by_significance: Vec<usize> = (0..k).collect();
+    by_significance
+        .sort_by(|&a, &b| category_z[b].total_cmp(&category_z[a]).then(a.cmp(&b)));
     CategoryTable {
         categories: rows,
         z_per_signal,
         z,
         nonpositive_background,
+        by_significance,
         signal_processes: Vec::new(),
         background_processes: Vec::new(),
     }
@@ -180,9 +225,12 @@ pub fn combine_signals(objective: &ObjectiveSpec, values: &[f64]) -> f64 {
         CombineRule::Geometric => (values.iter().map(|v| v.ln()).sum::<f64>() / n).exp(),
         CombineRule::Arithmetic => values.iter().sum::<f64>() / n,
         CombineRule::Minimum => values.iter().copied().fold(f64::INFINITY, f64::min),
-        CombineRule::Quadrature => {
-            values.iter().zip(&objective.signal_weights).map(|(z, w)| w * z * z).sum::<f64>().sqrt()
-        }
+        CombineRule::Quadrature => values
+            .iter()
+            .zip(&objective.signal_weights)
+            .map(|(z, w)| w * z * z)
+            .sum::<f64>()
+            .sqrt(),
     }
 }
 
@@ -210,19 +258,26 @@ pub struct DpOptimum {
 /// allowed only if its background yield is positive and, when the pipeline
 /// has a low-background penalty, at least its threshold. Returns `None` for
 /// several signals or discriminants, or when no allowed partition exists.
-pub fn dp_optimum(pipeline: &Pipeline, events: &Events, k: usize, bins: usize) -> Option<DpOptimum> {
+pub fn dp_optimum(
+    pipeline: &Pipeline,
+    events: &Events,
+    k: usize,
+    bins: usize,
+) -> Option<DpOptimum> {
     let signals = pipeline.signal_indices();
     if signals.len() != 1 || events.discriminants.len() != 1 {
         return None;
     }
-    let (low, high) = pipeline.model.range;
+    let (low, high) = pipeline.model.ranges[0];
     let mut s = vec![0.0f64; bins];
     let mut b = vec![0.0f64; bins];
     for (p, range) in events.process_ranges.iter().enumerate() {
         let is_signal = pipeline.processes[p].role == Role::Signal;
         for i in range.clone() {
             let x = events.discriminants[0][i];
-            let bin = (((x - low) / (high - low)) * bins as f64).floor().clamp(0.0, (bins - 1) as f64) as usize;
+            let bin = (((x - low) / (high - low)) * bins as f64)
+                .floor()
+                .clamp(0.0, (bins - 1) as f64) as usize;
             if is_signal {
                 s[bin] += events.weight[i];
             } else {
@@ -278,7 +333,8 @@ pub fn dp_optimum(pipeline: &Pipeline, events: &Events, k: usize, bins: usize) -
         cuts.push(j);
     }
     cuts.reverse();
-    let edges = cuts.iter().map(|&i| low + (high - low) * i as f64 / bins as f64).collect();
+    let edges =
+        cuts.iter().map(|&i| low + (high - low) * i as f64 / bins as f64).collect();
     Some(DpOptimum { bins, edges, z: best[k][bins].sqrt() })
 }
 
@@ -301,7 +357,12 @@ pub struct ArgmaxBaseline {
 /// K equal bins of score_i on `[low, 1]`, with the top edge closed. There,
 /// signal i counts as signal and everything else as background. Events of
 /// other argmax classes do not enter signal i's significance.
-pub fn argmax_baseline(pipeline: &Pipeline, events: &Events, k: usize, low: f64) -> ArgmaxBaseline {
+pub fn argmax_baseline(
+    pipeline: &Pipeline,
+    events: &Events,
+    k: usize,
+    low: f64,
+) -> ArgmaxBaseline {
     let signals = pipeline.signal_indices();
     let n = signals.len();
     let mut signal_yield = vec![vec![0.0f64; k]; n];
@@ -311,15 +372,15 @@ pub fn argmax_baseline(pipeline: &Pipeline, events: &Events, k: usize, low: f64)
         for e in range.clone() {
             let scores: Vec<f64> = events.discriminants.iter().map(|d| d[e]).collect();
             let background_score = 1.0 - scores.iter().sum::<f64>();
-            let (class, top) = scores
-                .iter()
-                .copied()
-                .enumerate()
-                .fold((n, background_score), |best, (i, v)| if v > best.1 { (i, v) } else { best });
+            let (class, top) = scores.iter().copied().enumerate().fold(
+                (n, background_score),
+                |best, (i, v)| if v > best.1 { (i, v) } else { best },
+            );
             if class == n || top < low {
                 continue;
             }
-            let bin = (((top - low) / (1.0 - low)) * k as f64).floor().min((k - 1) as f64) as usize;
+            let bin = (((top - low) / (1.0 - low)) * k as f64).floor().min((k - 1) as f64)
+                as usize;
             if own == Some(class) {
                 signal_yield[class][bin] += events.weight[e];
             } else {
@@ -330,8 +391,9 @@ pub fn argmax_baseline(pipeline: &Pipeline, events: &Events, k: usize, low: f64)
     let kind = pipeline.objective.significance;
     let z_per_signal: Vec<f64> = (0..n)
         .map(|i| {
-            let zs: Vec<f64> =
-                (0..k).map(|b| category_z(kind, signal_yield[i][b], other_yield[i][b])).collect();
+            let zs: Vec<f64> = (0..k)
+                .map(|b| category_z(kind, signal_yield[i][b], other_yield[i][b]))
+                .collect();
             combine(&zs)
         })
         .collect();

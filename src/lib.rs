@@ -23,8 +23,8 @@ pub mod objective;
 pub mod optimize;
 pub mod report;
 pub mod run;
-pub mod significance;
 pub mod select;
+pub mod significance;
 pub mod source;
 pub mod toy;
 

@@ -132,7 +132,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let options = RunOptions {
                 output: out,
                 overwrite,
-                progress: !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                progress: !cli.quiet
+                    && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 print: true,
             };
             runtime.block_on(run_pipeline(&pipeline, &options))?;
@@ -150,10 +151,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out.display()
                 );
             }
-            std::fs::create_dir_all(&out)
-                .with_context(|| format!("cannot create the output directory {}", out.display()))?;
+            std::fs::create_dir_all(&out).with_context(|| {
+                format!("cannot create the output directory {}", out.display())
+            })?;
             for input in &inputs {
-                let name = input.file_name().with_context(|| format!("{} names no file", input.display()))?;
+                let name = input
+                    .file_name()
+                    .with_context(|| format!("{} names no file", input.display()))?;
                 let output = out.join(name);
                 if output.exists() && !overwrite {
                     anyhow::bail!(
@@ -162,7 +166,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
                 let (rows, missing) = gato::apply::apply_model(&saved, input, &output)?;
-                println!("{} -> {} ({rows} rows, {missing} without a category)", input.display(), output.display());
+                println!(
+                    "{} -> {} ({rows} rows, {missing} without a category)",
+                    input.display(),
+                    output.display()
+                );
             }
             Ok(())
         }
@@ -199,7 +207,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             spec.background = background.unwrap_or(spec.background);
             spec.check().map_err(anyhow::Error::msg)?;
             gato::toy::write_parquet(&spec, &out)?;
-            println!("wrote {} ({} events)", out.display(), spec.counts().iter().map(|c| c.1).sum::<usize>());
+            println!(
+                "wrote {} ({} events)",
+                out.display(),
+                spec.counts().iter().map(|c| c.1).sum::<usize>()
+            );
             Ok(())
         }
     }

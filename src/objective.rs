@@ -7,12 +7,18 @@
 //! background; several signals' combined significances √(Σ_k Z_k²) are
 //! combined by the pipeline's rule (geometric mean by default). The loss is
 //! −Z + λ_low·Σ_k relu(t − B_k)² + λ_mc·Σ_k relu(√Σw²_k / B_k − r)².
+//!
+//! With `objective.background_reweight`, the chosen background processes
+//! enter category k with their yield times f_k and their Σw² times f_k².
+//! The factors are an input of [`Objective::compute`], so a stage that
+//! estimates them (from a sideband fit, say) can change them between
+//! epochs.
 
 use std::ops::Range;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
 
 use crate::config::{CombineRule, ObjectiveSpec, Pipeline, Role, SignificanceKind};
 use crate::model::tensor1;
@@ -31,6 +37,8 @@ pub struct EventTensors<B: Backend> {
     pub ranges: Vec<Range<usize>>,
     /// Role of each process.
     pub roles: Vec<Role>,
+    /// Whether each process is scaled by the reweighting factors.
+    pub scaled: Vec<bool>,
 }
 
 impl<B: Backend> EventTensors<B> {
@@ -45,6 +53,10 @@ impl<B: Backend> EventTensors<B> {
             weight2: column(&squared),
             ranges: events.process_ranges.clone(),
             roles: pipeline.processes.iter().map(|p| p.role).collect(),
+            scaled: match &pipeline.objective.reweight {
+                Some(r) => r.scaled.clone(),
+                None => vec![false; pipeline.processes.len()],
+            },
         }
     }
 }
@@ -75,8 +87,14 @@ impl Objective {
         Objective { spec }
     }
 
-    /// Loss and parts for membership `m` [N, K].
-    pub fn compute<B: Backend>(&self, m: Tensor<B, 2>, events: &EventTensors<B>) -> LossParts<B> {
+    /// Loss and parts for membership `m` [N, K]. `factors` [K] scales the
+    /// reweighted background processes; `None` leaves them as they are.
+    pub fn compute<B: Backend>(
+        &self,
+        m: Tensor<B, 2>,
+        events: &EventTensors<B>,
+        factors: Option<&[f64]>,
+    ) -> LossParts<B> {
         let k = m.dims()[1];
         let device = m.device();
         let weighted = m.clone() * events.weight.clone();
@@ -87,10 +105,20 @@ impl Objective {
         let mut signals = Vec::new();
         let mut background = Tensor::<B, 1>::zeros([k], &device);
         let mut background2 = Tensor::<B, 1>::zeros([k], &device);
-        for (range, role) in events.ranges.iter().zip(&events.roles) {
-            match role {
-                Role::Signal => signals.push(sum_rows(&weighted, range)),
-                Role::Background => {
+        let factors = factors.map(|f| {
+            let squared: Vec<f64> = f.iter().map(|x| x * x).collect();
+            (tensor1::<B>(f, &device), tensor1::<B>(&squared, &device))
+        });
+        for ((range, role), scaled) in
+            events.ranges.iter().zip(&events.roles).zip(&events.scaled)
+        {
+            match (role, &factors) {
+                (Role::Signal, _) => signals.push(sum_rows(&weighted, range)),
+                (Role::Background, Some((f, f2))) if *scaled => {
+                    background = background + sum_rows(&weighted, range) * f.clone();
+                    background2 = background2 + sum_rows(&weighted2, range) * f2.clone();
+                }
+                (Role::Background, _) => {
                     background = background + sum_rows(&weighted, range);
                     background2 = background2 + sum_rows(&weighted2, range);
                 }
@@ -113,18 +141,21 @@ impl Objective {
         let zero = Tensor::<B, 1>::zeros([1], &device);
         let low_background = match self.spec.low_background {
             Some((threshold, lambda)) => {
-                relu(background.clone().neg().add_scalar(threshold)).powi_scalar(2).sum() * lambda
+                relu(background.clone().neg().add_scalar(threshold)).powi_scalar(2).sum()
+                    * lambda
             }
             None => zero.clone(),
         };
         let mc_uncertainty = match self.spec.mc_uncertainty {
             Some((max_relative, lambda)) => {
-                let relative = background2.clamp_min(1e-30).sqrt() / background.clamp_min(1e-9);
+                let relative =
+                    background2.clamp_min(1e-30).sqrt() / background.clamp_min(1e-9);
                 relu(relative.sub_scalar(max_relative)).powi_scalar(2).sum() * lambda
             }
             None => zero,
         };
-        let loss = significance.clone().neg() + low_background.clone() + mc_uncertainty.clone();
+        let loss =
+            significance.clone().neg() + low_background.clone() + mc_uncertainty.clone();
         LossParts { loss, significance, low_background, mc_uncertainty }
     }
 }

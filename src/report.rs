@@ -85,6 +85,9 @@ pub struct RunSummary {
     pub model: String,
     /// Number of categories K.
     pub categories: usize,
+    /// Bins per discriminant of a sigmoid grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bins: Option<Vec<usize>>,
     /// `asimov` or `asimov-gato`.
     pub significance_formula: String,
     /// Every start that was trained.
@@ -101,6 +104,12 @@ pub struct RunSummary {
     pub meets_constraints: bool,
     /// Boundaries of 1D cut models (the learnt cuts).
     pub boundaries: Option<Vec<f64>>,
+    /// Cuts per discriminant of a sigmoid grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid_boundaries: Option<Vec<Vec<f64>>>,
+    /// Background reweighting factors per category used in the table.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub background_factors: Option<Vec<f64>>,
     /// Kept parameters, raw.
     pub parameters: Params,
     /// Hard categories, exactly evaluated.
@@ -144,7 +153,11 @@ pub struct RestartSummary {
 /// A baseline binning.
 #[derive(Debug, Clone, Serialize)]
 pub struct Baseline {
+    /// Category edges on the one discriminant; empty otherwise.
     pub edges: Vec<f64>,
+    /// Bin edges per discriminant of a sigmoid grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid_edges: Option<Vec<Vec<f64>>>,
     pub z: f64,
     pub z_per_signal: Vec<f64>,
 }
@@ -178,8 +191,11 @@ pub fn write_history(path: &Path, history: &[Vec<EpochRecord>]) -> Result<()> {
 
 /// Formats the per-category table of one run.
 pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
-    let signals: Vec<&str> =
-        processes.iter().filter(|p| p.role == "signal").map(|p| p.name.as_str()).collect();
+    let signals: Vec<&str> = processes
+        .iter()
+        .filter(|p| p.role == "signal")
+        .map(|p| p.name.as_str())
+        .collect();
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -190,7 +206,11 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
         run.table.z,
         run.soft_z,
         run.kept_epoch,
-        if run.refined { format!(", Z {:.4} before refining the cuts", run.trained_z) } else { String::new() }
+        if run.refined {
+            format!(", Z {:.4} before refining the cuts", run.trained_z)
+        } else {
+            String::new()
+        }
     );
     let mut header = format!("{:>4} {:>21} {:>8}", "cat", "range", "bkg MC");
     for s in &signals {
@@ -198,7 +218,11 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
     }
     let _ = write!(header, " {:>12} {:>8}", "background", "rel.unc");
     for s in &signals {
-        let label = if signals.len() == 1 { "Z".to_string() } else { format!("Z {}", truncate(s, 9)) };
+        let label = if signals.len() == 1 {
+            "Z".to_string()
+        } else {
+            format!("Z {}", truncate(s, 9))
+        };
         let _ = write!(header, " {label:>11}");
     }
     let _ = writeln!(out, "{header}");
@@ -209,7 +233,8 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
             (Some(lo), Some(hi)) => format!("[{lo:.5}, {hi:.5})"),
             _ => "-".into(),
         };
-        let mut line = format!("{:>4} {:>21} {:>8}", row.category, range, row.background_events);
+        let mut line =
+            format!("{:>4} {:>21} {:>8}", row.category, range, row.background_events);
         for s in &row.signal {
             let _ = write!(line, " {s:>11.4}");
         }
@@ -226,7 +251,11 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
             .zip(&run.table.z_per_signal)
             .map(|(s, z)| format!("{s} {z:.4}"))
             .collect();
-        let _ = writeln!(out, "Z per signal: {}; Z above is their geometric mean", per_signal.join(", "));
+        let _ = writeln!(
+            out,
+            "Z per signal: {}; Z above is their geometric mean",
+            per_signal.join(", ")
+        );
     }
     out
 }
@@ -253,7 +282,8 @@ pub fn format_comparison(runs: &[RunSummary]) -> String {
         } else {
             "-".into()
         };
-        let argmax = run.argmax.as_ref().map_or("-".to_string(), |a| format!("{:.4}", a.z));
+        let argmax =
+            run.argmax.as_ref().map_or("-".to_string(), |a| format!("{:.4}", a.z));
         let _ = writeln!(
             out,
             "{:<16} {:>4} {:>12} {:>10.4} {:>14} {:>9} {:>10}",

@@ -15,12 +15,12 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{ModelKind, Pipeline, Role};
 use crate::error::{Error, Result};
 use crate::evaluate::{dp_optimum, equidistant_edges, evaluate};
-use crate::model::{CategoryModel, GaussianMixture, SigmoidCuts};
+use crate::model::{CategoryModel, GaussianMixture, SigmoidCuts, SigmoidGrid};
 use crate::objective::EventTensors;
 use crate::optimize::{TrainOutcome, Trainer};
 use crate::report::{
-    Baseline, DpSummary, OutputFile, ProcessSummary, RestartSummary, RunSummary, Summary, Timings,
-    format_comparison, format_run, write_history,
+    Baseline, DpSummary, OutputFile, ProcessSummary, RestartSummary, RunSummary, Summary,
+    Timings, format_comparison, format_run, write_history,
 };
 use crate::select::{Events, select};
 use crate::source::Sources;
@@ -50,32 +50,45 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
 
     let sources = Sources::open(pipeline)?;
     let events = select(pipeline, &sources).await?;
-    let mut timings = Timings { select: started.elapsed().as_secs_f64(), ..Timings::default() };
+    let mut timings =
+        Timings { select: started.elapsed().as_secs_f64(), ..Timings::default() };
     let processes = process_summaries(pipeline, &events);
     warn_outside_range(pipeline, &events);
     for p in &processes {
         tracing::info!(process = %p.name, role = %p.role, events = p.events, event_yield = p.event_yield, "selected");
     }
 
-    std::fs::create_dir_all(&output)
-        .map_err(|e| Error::output(&output, format!("cannot create the output directory: {e}")))?;
+    std::fs::create_dir_all(&output).map_err(|e| {
+        Error::output(&output, format!("cannot create the output directory: {e}"))
+    })?;
     // Runs are written under a staging directory and moved into place at the
     // end, so a failed run leaves the outputs of the last good run intact.
     let staging = output.join(".gato-staging");
     if staging.exists() {
-        std::fs::remove_dir_all(&staging)
-            .map_err(|e| Error::output(&staging, format!("cannot remove a stale staging directory: {e}")))?;
+        std::fs::remove_dir_all(&staging).map_err(|e| {
+            Error::output(
+                &staging,
+                format!("cannot remove a stale staging directory: {e}"),
+            )
+        })?;
     }
     let tensors = EventTensors::<CpuBackend>::new(&events, pipeline, &Default::default());
-    let trainer = Trainer { pipeline, events: &events, tensors: &tensors, device: Default::default() };
+    let trainer = Trainer {
+        pipeline,
+        events: &events,
+        tensors: &tensors,
+        device: Default::default(),
+    };
 
     let mut runs = Vec::new();
-    for &k in &pipeline.model.categories {
-        let model = build_model(pipeline, k);
-        let name = format!("{}_k{k}", model_name(pipeline.model.kind));
+    for bins in &pipeline.model.bins {
+        let model = build_model(pipeline, bins);
+        let k = model.categories();
+        let name = run_name(&model);
         let run_dir = staging.join(&name);
-        std::fs::create_dir_all(&run_dir)
-            .map_err(|e| Error::output(&run_dir, format!("cannot create directory: {e}")))?;
+        std::fs::create_dir_all(&run_dir).map_err(|e| {
+            Error::output(&run_dir, format!("cannot create directory: {e}"))
+        })?;
 
         let train_started = Instant::now();
         let (outcomes, restarts) = tokio::task::block_in_place(|| {
@@ -93,10 +106,15 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
         let mut outcome = outcomes[best_restart].clone();
         let trained_z = outcome.history[outcome.kept_epoch].hard_z;
         let refined = refine(pipeline, &events, &model, &mut outcome);
-        let mut run = evaluate_run(pipeline, &events, &model, &outcome, k, name, training_s)?;
+        let mut run =
+            evaluate_run(pipeline, &events, &model, &outcome, k, name, training_s)?;
         run.trained_z = trained_z;
         run.refined = refined;
-        run.soft_hard_bias = if trained_z > 0.0 { (outcome.soft_z - trained_z) / trained_z } else { f64::NAN };
+        run.soft_hard_bias = if trained_z > 0.0 {
+            (outcome.soft_z - trained_z) / trained_z
+        } else {
+            f64::NAN
+        };
         if refined {
             tracing::info!(run = %run.name, trained_z, refined_z = run.table.z, "refined the cuts on hard categories");
         }
@@ -106,7 +124,11 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
         run.meets_constraints = run.table.meets_constraints(pipeline);
         warn_about_categories(&run);
 
-        let saved = crate::model::SavedModel::new(&model, &outcome.params, &pipeline.selection.discriminants);
+        let saved = crate::model::SavedModel::new(
+            &model,
+            &outcome.params,
+            &pipeline.selection.discriminants,
+        );
         saved.save(&run_dir.join("model.json"))?;
         run.model_file = output.join(&run.name).join("model.json").display().to_string();
 
@@ -121,7 +143,10 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
             .map(|(i, p)| {
                 let file = p.file_name().unwrap_or_default();
                 let output = output.join(&run.name).join(file);
-                OutputFile { input: sources.input(i).label(), output: output.display().to_string() }
+                OutputFile {
+                    input: sources.input(i).label(),
+                    output: output.display().to_string(),
+                }
             })
             .collect();
         timings.apply += apply_started.elapsed().as_secs_f64();
@@ -151,14 +176,23 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
     Ok(summary)
 }
 
-/// Builds the model for K categories.
-pub fn build_model(pipeline: &Pipeline, k: usize) -> CategoryModel {
-    let (lo, hi) = pipeline.model.range;
+/// Builds the model of one entry of `model.categories`: `bins` is `[K]`,
+/// or the bins per discriminant of a sigmoid grid.
+pub fn build_model(pipeline: &Pipeline, bins: &[usize]) -> CategoryModel {
+    let ranges = &pipeline.model.ranges;
+    let k: usize = bins.iter().product();
     match pipeline.model.kind {
-        ModelKind::Sigmoid => CategoryModel::Sigmoid(SigmoidCuts::new(k, lo, hi)),
+        ModelKind::Sigmoid if ranges.len() > 1 => {
+            let axes: Vec<(usize, f64, f64)> =
+                bins.iter().zip(ranges).map(|(&b, &(lo, hi))| (b, lo, hi)).collect();
+            CategoryModel::Grid(SigmoidGrid::new(&axes))
+        }
+        ModelKind::Sigmoid => {
+            CategoryModel::Sigmoid(SigmoidCuts::new(k, ranges[0].0, ranges[0].1))
+        }
         ModelKind::Gmm => CategoryModel::Gmm(GaussianMixture::new(
             k,
-            vec![(lo, hi); pipeline.selection.discriminants.len()],
+            ranges.clone(),
             pipeline.model.means == crate::config::MeanMapping::Simplex,
             pipeline.model.sigma_base,
             pipeline.model.init,
@@ -166,10 +200,26 @@ pub fn build_model(pipeline: &Pipeline, k: usize) -> CategoryModel {
     }
 }
 
+/// `sigmoid` or `gmm`.
 fn model_name(kind: ModelKind) -> &'static str {
     match kind {
         ModelKind::Sigmoid => "sigmoid",
         ModelKind::Gmm => "gmm",
+    }
+}
+
+/// Name of a run's directory: `sigmoid_k5`, `gmm_k10`, or for a sigmoid
+/// grid the bins per discriminant, `sigmoid_3x4`.
+pub fn run_name(model: &CategoryModel) -> String {
+    match model {
+        CategoryModel::Sigmoid(m) => format!("sigmoid_k{}", m.categories),
+        CategoryModel::Grid(m) => {
+            format!(
+                "sigmoid_{}",
+                m.bins().iter().map(|b| b.to_string()).collect::<Vec<_>>().join("x")
+            )
+        }
+        CategoryModel::Gmm(m) => format!("gmm_k{}", m.components),
     }
 }
 
@@ -187,7 +237,9 @@ fn train_restarts(
         .iter()
         .enumerate()
         .filter(|(p, _)| pipeline.processes[*p].role == Role::Signal)
-        .flat_map(|(_, r)| r.clone().map(|i| (events.discriminants[0][i], events.weight[i])))
+        .flat_map(|(_, r)| {
+            r.clone().map(|i| (events.discriminants[0][i], events.weight[i]))
+        })
         .collect();
     let mut outcomes = Vec::new();
     let mut summaries = Vec::new();
@@ -195,7 +247,11 @@ fn train_restarts(
         let mut rng = ChaCha8Rng::seed_from_u64(pipeline.seed);
         rng.set_stream(((model.categories() as u64) << 20) | restart as u64);
         let init = model.init(&mut rng, restart, &signal);
-        let bar = progress_bar(progress, pipeline.training.epochs, &format!("{name} start {restart}"));
+        let bar = progress_bar(
+            progress,
+            pipeline.training.epochs,
+            &format!("{name} start {restart}"),
+        );
         let started = Instant::now();
         let outcome = trainer.train(model, init, &mut |record| {
             bar.set_message(format!("Z {:.4}", record.hard_z));
@@ -203,7 +259,13 @@ fn train_restarts(
         })?;
         bar.finish_and_clear();
         let hard_z = outcome.history[outcome.kept_epoch].hard_z;
-        tracing::info!(run = name, restart, hard_z, kept_epoch = outcome.kept_epoch, "trained");
+        tracing::info!(
+            run = name,
+            restart,
+            hard_z,
+            kept_epoch = outcome.kept_epoch,
+            "trained"
+        );
         summaries.push(RestartSummary {
             restart,
             kept_epoch: outcome.kept_epoch,
@@ -227,11 +289,17 @@ fn best_restart(restarts: &[RestartSummary]) -> usize {
 
 /// Refines 1D sigmoid cuts on the exact hard significance if
 /// `training.refine` is set, and returns whether the cuts were refined.
-fn refine(pipeline: &Pipeline, events: &Events, model: &CategoryModel, outcome: &mut TrainOutcome) -> bool {
+fn refine(
+    pipeline: &Pipeline,
+    events: &Events,
+    model: &CategoryModel,
+    outcome: &mut TrainOutcome,
+) -> bool {
     let CategoryModel::Sigmoid(cuts_model) = model else {
         return false;
     };
-    if !pipeline.training.refine {
+    // The refinement counts background without the reweighting factors.
+    if !pipeline.training.refine || pipeline.objective.reweight.is_some() {
         return false;
     }
     let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, events) else {
@@ -253,10 +321,10 @@ fn evaluate_run(
     name: String,
     training_s: f64,
 ) -> Result<RunSummary> {
-    let (lo, hi) = pipeline.model.range;
+    let (lo, hi) = pipeline.model.ranges[0];
     let boundaries = match model {
         CategoryModel::Sigmoid(m) => Some(m.boundaries(&outcome.params)),
-        CategoryModel::Gmm(_) => None,
+        _ => None,
     };
     let edges = boundaries.as_ref().map(|b| {
         let mut e = vec![lo];
@@ -265,18 +333,62 @@ fn evaluate_run(
         e
     });
     let assign = model.assign(&outcome.params, &events.discriminants);
-    let table = evaluate(pipeline, events, &assign, k, edges.as_deref());
+    let mut table = evaluate(
+        pipeline,
+        events,
+        &assign,
+        k,
+        edges.as_deref(),
+        outcome.factors.as_deref(),
+    );
+    if let CategoryModel::Grid(grid) = model {
+        for (row, cell) in table.categories.iter_mut().zip(grid.cells(&outcome.params)) {
+            row.cell = Some(cell);
+        }
+    }
 
-    let equidistant = if events.discriminants.len() == 1 {
-        let edges = equidistant_edges(k, lo, hi);
-        let assign: Vec<u32> = events.discriminants[0]
-            .iter()
-            .map(|&x| crate::model::category_of(&edges[1..k], x))
-            .collect();
-        let t = evaluate(pipeline, events, &assign, k, Some(&edges));
-        Baseline { edges, z: t.z, z_per_signal: t.z_per_signal }
-    } else {
-        Baseline { edges: Vec::new(), z: f64::NAN, z_per_signal: Vec::new() }
+    // Equal bins per discriminant: for one discriminant, or for the grid of
+    // a sigmoid model with the same bins per discriminant.
+    let equidistant = match model {
+        CategoryModel::Grid(grid) => {
+            let edges: Vec<Vec<f64>> = grid
+                .axes
+                .iter()
+                .map(|a| equidistant_edges(a.categories, a.low, a.high))
+                .collect();
+            let mut assign = vec![0u32; events.len()];
+            for ((axis, e), values) in
+                grid.axes.iter().zip(&edges).zip(&events.discriminants)
+            {
+                let inner = &e[1..axis.categories];
+                for (c, &x) in assign.iter_mut().zip(values) {
+                    *c =
+                        *c * axis.categories as u32 + crate::model::category_of(inner, x);
+                }
+            }
+            let t = evaluate(pipeline, events, &assign, k, None, None);
+            Baseline {
+                edges: Vec::new(),
+                grid_edges: Some(edges),
+                z: t.z,
+                z_per_signal: t.z_per_signal,
+            }
+        }
+        _ if events.discriminants.len() == 1 => {
+            let edges = equidistant_edges(k, lo, hi);
+            let assign: Vec<u32> = events.discriminants[0]
+                .iter()
+                .map(|&x| crate::model::category_of(&edges[1..k], x))
+                .collect();
+            let t = evaluate(pipeline, events, &assign, k, Some(&edges), None);
+            Baseline { edges, grid_edges: None, z: t.z, z_per_signal: t.z_per_signal }
+        }
+        _ => Baseline {
+            edges: Vec::new(),
+            grid_edges: None,
+            z: f64::NAN,
+            z_per_signal: Vec::new(),
+        },
     };
     let dp = dp_optimum(pipeline, events, k, pipeline.evaluation.dp_bins)
         .map(|optimum| DpSummary { gap: (optimum.z - table.z) / optimum.z, optimum });
@@ -284,11 +396,13 @@ fn evaluate_run(
         .evaluation
         .argmax_low
         .map(|low| crate::evaluate::argmax_baseline(pipeline, events, k, low));
-    let soft_hard_bias = if table.z > 0.0 { (outcome.soft_z - table.z) / table.z } else { f64::NAN };
+    let soft_hard_bias =
+        if table.z > 0.0 { (outcome.soft_z - table.z) / table.z } else { f64::NAN };
     Ok(RunSummary {
         name,
         model: model_name(pipeline.model.kind).into(),
         categories: k,
+        bins: matches!(model, CategoryModel::Grid(_)).then(|| model.bins()),
         significance_formula: match pipeline.objective.significance {
             crate::config::SignificanceKind::Asimov => "asimov".into(),
             crate::config::SignificanceKind::AsimovGato => "asimov-gato".into(),
@@ -300,6 +414,11 @@ fn evaluate_run(
         meets_constraints: true,
         kept_epoch: outcome.kept_epoch,
         boundaries,
+        grid_boundaries: match model {
+            CategoryModel::Grid(m) => Some(m.boundaries(&outcome.params)),
+            _ => None,
+        },
+        background_factors: outcome.factors.clone(),
         parameters: outcome.params.clone(),
         soft_z: outcome.soft_z,
         soft_hard_bias,
@@ -377,8 +496,8 @@ fn warn_about_categories(run: &RunSummary) {
 /// Warns when events fall outside the model range: they count in the
 /// first or last category.
 fn warn_outside_range(pipeline: &Pipeline, events: &Events) {
-    let (lo, hi) = pipeline.model.range;
-    for (name, values) in pipeline.selection.discriminants.iter().zip(&events.discriminants) {
+    let names = pipeline.selection.discriminants.iter().zip(&pipeline.model.ranges);
+    for ((name, &(lo, hi)), values) in names.zip(&events.discriminants) {
         let outside = values.iter().filter(|&&x| x < lo || x > hi).count();
         if outside > 0 {
             tracing::warn!(
@@ -393,7 +512,12 @@ fn warn_outside_range(pipeline: &Pipeline, events: &Events) {
 /// Moves the staged runs into `output`, writes summary.json, and removes
 /// the run directories of an earlier summary that this run does not
 /// replace.
-fn publish(output: &Path, staging: &Path, summary: &Summary, overwrite: bool) -> Result<()> {
+fn publish(
+    output: &Path,
+    staging: &Path,
+    summary: &Summary,
+    overwrite: bool,
+) -> Result<()> {
     // NOTE: the run directories are renamed one at a time, so a process killed
     // between two renames leaves some new and some old run directories (each
     // whole) beside the old summary.json.
@@ -401,22 +525,26 @@ fn publish(output: &Path, staging: &Path, summary: &Summary, overwrite: bool) ->
     for run in &summary.runs {
         let target = output.join(&run.name);
         if target.exists() {
-            std::fs::remove_dir_all(&target)
-                .map_err(|e| Error::output(&target, format!("cannot remove the earlier run: {e}")))?;
+            std::fs::remove_dir_all(&target).map_err(|e| {
+                Error::output(&target, format!("cannot remove the earlier run: {e}"))
+            })?;
         }
-        std::fs::rename(staging.join(&run.name), &target)
-            .map_err(|e| Error::output(&target, format!("cannot move the run into place: {e}")))?;
+        std::fs::rename(staging.join(&run.name), &target).map_err(|e| {
+            Error::output(&target, format!("cannot move the run into place: {e}"))
+        })?;
     }
     summary.write(&output.join("summary.json"))?;
     for name in previous {
         let dir = output.join(&name);
         if !summary.runs.iter().any(|r| r.name == name) && dir.is_dir() {
-            std::fs::remove_dir_all(&dir)
-                .map_err(|e| Error::output(&dir, format!("cannot remove the earlier run: {e}")))?;
+            std::fs::remove_dir_all(&dir).map_err(|e| {
+                Error::output(&dir, format!("cannot remove the earlier run: {e}"))
+            })?;
         }
     }
-    std::fs::remove_dir_all(staging)
-        .map_err(|e| Error::output(staging, format!("cannot remove the staging directory: {e}")))
+    std::fs::remove_dir_all(staging).map_err(|e| {
+        Error::output(staging, format!("cannot remove the staging directory: {e}"))
+    })
 }
 
 /// Names of the runs listed in the summary.json of an earlier run, limited
@@ -448,7 +576,10 @@ fn check_output(pipeline: &Pipeline, output: &Path, overwrite: bool) -> Result<(
         if canonical_out.is_some() && canonical_out == canonical_in {
             return Err(Error::output(
                 output,
-                format!("is the input {}; choose another output directory", input.display()),
+                format!(
+                    "is the input {}; choose another output directory",
+                    input.display()
+                ),
             ));
         }
     }
@@ -468,9 +599,11 @@ fn progress_bar(enabled: bool, epochs: usize, label: &str) -> ProgressBar {
     }
     let bar = ProgressBar::new(epochs as u64);
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} epochs {msg} ({eta})")
-            .expect("template is valid")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} epochs {msg} ({eta})",
+        )
+        .expect("template is valid")
+        .progress_chars("=> "),
     );
     bar.set_prefix(label.to_string());
     bar

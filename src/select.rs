@@ -22,7 +22,9 @@ use futures::StreamExt;
 
 use crate::config::{NonFinitePolicy, Pipeline, Role};
 use crate::error::{Error, Result};
-use crate::source::{HIDDEN_COLUMNS, INPUT_COLUMN, PROCESS_INDEX_COLUMN, ROW_COLUMN, Sources};
+use crate::source::{
+    HIDDEN_COLUMNS, INPUT_COLUMN, PROCESS_INDEX_COLUMN, ROW_COLUMN, Sources,
+};
 
 /// The selected events, sorted by process, then input, then row.
 #[derive(Debug, Clone, Default)]
@@ -72,7 +74,8 @@ pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
         .await
         .map_err(|e| Error::datafusion("selection: starting the query", e))?;
     let dims = pipeline.selection.discriminants.len();
-    let mut raw = RawEvents { discriminants: vec![Vec::new(); dims], ..RawEvents::default() };
+    let mut raw =
+        RawEvents { discriminants: vec![Vec::new(); dims], ..RawEvents::default() };
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(unwrap_input_error)?;
         raw.push(pipeline, &batch)?;
@@ -146,17 +149,22 @@ struct RawEvents {
 
 impl RawEvents {
     /// Appends the events of one result batch.
-    fn push(&mut self, pipeline: &Pipeline, batch: &datafusion::arrow::record_batch::RecordBatch) -> Result<()> {
+    fn push(
+        &mut self,
+        pipeline: &Pipeline,
+        batch: &datafusion::arrow::record_batch::RecordBatch,
+    ) -> Result<()> {
         let raw = self;
         let float = |name: &str| -> Result<Float64Array> {
             let array = batch.column_by_name(name).ok_or_else(|| {
                 Error::Internal(format!("column {name} missing from a result batch"))
             })?;
-            let array = cast(array, &DataType::Float64)
-                .map_err(|e| Error::Select(format!("cannot convert `{name}` to float64: {e}")))?;
-            Ok(array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(|| {
-                Error::Internal("cast to Float64 gave another type".into())
-            })?)
+            let array = cast(array, &DataType::Float64).map_err(|e| {
+                Error::Select(format!("cannot convert `{name}` to float64: {e}"))
+            })?;
+            Ok(array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(
+                || Error::Internal("cast to Float64 gave another type".into()),
+            )?)
         };
         let hidden_i32 = |name: &str| -> Result<Int32Array> {
             batch
@@ -171,10 +179,15 @@ impl RawEvents {
             .and_then(|a| a.as_any().downcast_ref::<Int64Array>().cloned())
             .ok_or_else(|| Error::Internal(format!("hidden column {ROW_COLUMN} lost")))?;
         let weight = float(&pipeline.selection.weight)?;
-        let discriminants: Vec<Float64Array> =
-            pipeline.selection.discriminants.iter().map(|d| float(d)).collect::<Result<_>>()?;
+        let discriminants: Vec<Float64Array> = pipeline
+            .selection
+            .discriminants
+            .iter()
+            .map(|d| float(d))
+            .collect::<Result<_>>()?;
         for i in 0..batch.num_rows() {
-            let value = |a: &Float64Array| if a.is_null(i) { f64::NAN } else { a.value(i) };
+            let value =
+                |a: &Float64Array| if a.is_null(i) { f64::NAN } else { a.value(i) };
             raw.process.push(process.value(i) as u32);
             raw.input.push(input.value(i) as u32);
             raw.row.push(row.value(i) as u64);
@@ -191,7 +204,8 @@ impl RawEvents {
     fn finish(self, pipeline: &Pipeline) -> Result<Events> {
         let n_processes = pipeline.processes.len();
         let finite = |i: usize| {
-            self.weight[i].is_finite() && self.discriminants.iter().all(|d| d[i].is_finite())
+            self.weight[i].is_finite()
+                && self.discriminants.iter().all(|d| d[i].is_finite())
         };
         let mut bad = vec![0usize; n_processes];
         for i in 0..self.weight.len() {
@@ -225,7 +239,8 @@ impl RawEvents {
             }
         }
 
-        let mut order: Vec<usize> = (0..self.weight.len()).filter(|&i| finite(i)).collect();
+        let mut order: Vec<usize> =
+            (0..self.weight.len()).filter(|&i| finite(i)).collect();
         order.sort_unstable_by_key(|&i| (self.process[i], self.input[i], self.row[i]));
         let key = |i: usize| (self.input[i], self.row[i]);
         if let Some(pair) = order.windows(2).find(|w| key(w[0]) == key(w[1])) {
@@ -245,7 +260,9 @@ impl RawEvents {
                 .collect(),
             weight: order
                 .iter()
-                .map(|&i| self.weight[i] * pipeline.processes[self.process[i] as usize].scale)
+                .map(|&i| {
+                    self.weight[i] * pipeline.processes[self.process[i] as usize].scale
+                })
                 .collect(),
             process: order.iter().map(|&i| self.process[i]).collect(),
             input: order.iter().map(|&i| self.input[i]).collect(),
@@ -254,7 +271,8 @@ impl RawEvents {
         };
         let mut start = 0;
         for p in 0..n_processes {
-            let end = start + events.process[start..].partition_point(|&q| q as usize == p);
+            let end =
+                start + events.process[start..].partition_point(|&q| q as usize == p);
             if end == start {
                 return Err(Error::Select(format!(
                     "process `{}` has no events after the selection; check its input \
@@ -348,7 +366,14 @@ fn carry_hidden_columns(plan: LogicalPlan) -> Result<LogicalPlan> {
 
 fn visible_columns(sources: &Sources) -> String {
     let mut names: Vec<String> = (0..sources.len().min(1))
-        .flat_map(|i| sources.raw_schema(i).fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>())
+        .flat_map(|i| {
+            sources
+                .raw_schema(i)
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect::<Vec<_>>()
+        })
         .filter(|n| n != "process")
         .collect();
     names.push("process".into());
@@ -358,10 +383,12 @@ fn visible_columns(sources: &Sources) -> String {
 /// Surfaces gato's own input errors from inside DataFusion's stream.
 fn unwrap_input_error(e: datafusion::error::DataFusionError) -> Error {
     match e {
-        datafusion::error::DataFusionError::External(inner) => match inner.downcast::<Error>() {
-            Ok(gato) => *gato,
-            Err(other) => Error::Select(other.to_string()),
-        },
+        datafusion::error::DataFusionError::External(inner) => {
+            match inner.downcast::<Error>() {
+                Ok(gato) => *gato,
+                Err(other) => Error::Select(other.to_string()),
+            }
+        }
         datafusion::error::DataFusionError::Context(context, inner) => {
             match unwrap_input_error(*inner) {
                 Error::Select(m) => Error::Select(format!("{context}: {m}")),

@@ -44,11 +44,7 @@ pub fn asimov(s: f64, b: f64) -> f64 {
 pub fn asimov_gato(s: f64, b: f64) -> f64 {
     let b = b.max(1e-9);
     let r = s / b;
-    if r < 0.1 {
-        s / b.sqrt()
-    } else {
-        (2.0 * ((s + b) * r.ln_1p() - s)).max(0.0).sqrt()
-    }
+    if r < 0.1 { s / b.sqrt() } else { (2.0 * ((s + b) * r.ln_1p() - s)).max(0.0).sqrt() }
 }
 
 /// Combined significance √(Σ Z_k²).

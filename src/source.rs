@@ -81,7 +81,8 @@ impl Sources {
     /// Logs a warning per input whose rows had process values that match no
     /// process, with the counts, and resets the counts.
     pub fn warn_unmatched(&self) {
-        let counts = std::mem::take(&mut *self.unmatched.lock().expect("lock is not poisoned"));
+        let counts =
+            std::mem::take(&mut *self.unmatched.lock().expect("lock is not poisoned"));
         let mut by_input: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for ((input, value), n) in counts {
             by_input.entry(input).or_default().push(format!("{value}: {n}"));
@@ -181,7 +182,12 @@ impl Sources {
 
     /// Turns a raw batch of input `index` that starts at row `first_row` into
     /// rows of `events`, dropping rows that belong to no process.
-    fn to_events(&self, index: usize, first_row: i64, batch: &RecordBatch) -> Result<RecordBatch> {
+    fn to_events(
+        &self,
+        index: usize,
+        first_row: i64,
+        batch: &RecordBatch,
+    ) -> Result<RecordBatch> {
         let loaded = &self.inputs[index];
         let rows = batch.num_rows();
         let process: Vec<Option<i32>> = match &loaded.input.assign {
@@ -192,17 +198,19 @@ impl Sources {
                 })?;
                 let strings = cast(array, &DataType::Utf8)
                     .map_err(|e| Error::input(loaded.input.label(), e.to_string()))?;
-                let strings = strings
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| Error::Internal("cast to Utf8 gave another type".into()))?;
+                let strings =
+                    strings.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                        Error::Internal("cast to Utf8 gave another type".into())
+                    })?;
                 let mut unmatched: BTreeMap<String, usize> = BTreeMap::new();
                 let process: Vec<Option<i32>> = (0..rows)
                     .map(|i| {
                         let value = (!strings.is_null(i)).then(|| strings.value(i));
                         let p = value.and_then(|v| values.get(v)).map(|&p| p as i32);
                         if p.is_none() {
-                            *unmatched.entry(value.unwrap_or("<null>").to_string()).or_default() += 1;
+                            *unmatched
+                                .entry(value.unwrap_or("<null>").to_string())
+                                .or_default() += 1;
                         }
                         p
                     })
@@ -229,9 +237,16 @@ impl Sources {
             .map(|p| Some(p.map_or("", |p| self.process_names[p as usize].as_str())))
             .collect();
         columns.push(Arc::new(names));
-        columns.push(Arc::new(Int32Array::from_iter_values(process.iter().map(|p| p.unwrap_or(-1)))));
-        columns.push(Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(index as i32, rows))));
-        columns.push(Arc::new(Int64Array::from_iter_values(first_row..first_row + rows as i64)));
+        columns.push(Arc::new(Int32Array::from_iter_values(
+            process.iter().map(|p| p.unwrap_or(-1)),
+        )));
+        columns.push(Arc::new(Int32Array::from_iter_values(std::iter::repeat_n(
+            index as i32,
+            rows,
+        ))));
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            first_row..first_row + rows as i64,
+        )));
         let events = RecordBatch::try_new(self.events_schema(index), columns)
             .map_err(|e| Error::Internal(format!("building events batch: {e}")))?;
         if process.iter().all(Option::is_some) {
@@ -254,26 +269,36 @@ pub fn read_parquet_file(path: &std::path::Path) -> Result<(SchemaRef, BatchIter
     let path = path.to_path_buf();
     let batches = reader.map(move |batch| {
         batch.map_err(|e| {
-            Error::input(&path, format!("cannot read Parquet data ({e}); the file may be truncated"))
+            Error::input(
+                &path,
+                format!("cannot read Parquet data ({e}); the file may be truncated"),
+            )
         })
     });
     Ok((schema, Box::new(batches)))
 }
 
-fn parquet_reader(path: &std::path::Path) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
+fn parquet_reader(
+    path: &std::path::Path,
+) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
     let file = std::fs::File::open(path)
         .map_err(|e| Error::input(path, format!("cannot open: {e}")))?;
     ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
         Error::input(
             path,
-            format!("not a readable Parquet file ({e}); check that it is complete Parquet"),
+            format!(
+                "not a readable Parquet file ({e}); check that it is complete Parquet"
+            ),
         )
     })
 }
 
 fn describe_fields(schema: &Schema) -> String {
-    let parts: Vec<String> =
-        schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+    let parts: Vec<String> = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
     format!("[{}]", parts.join(", "))
 }
 
@@ -286,7 +311,8 @@ fn check_process_column(input: &Input, schema: &Schema) -> Result<()> {
         return Ok(());
     };
     let field = schema.field_with_name(column).map_err(|_| {
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let names: Vec<&str> =
+            schema.fields().iter().map(|f| f.name().as_str()).collect();
         Error::input(
             input.label(),
             format!(
@@ -295,7 +321,13 @@ fn check_process_column(input: &Input, schema: &Schema) -> Result<()> {
             ),
         )
     })?;
-    if !matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)) {
+    if !matches!(
+        field.data_type(),
+        DataType::Utf8
+            | DataType::LargeUtf8
+            | DataType::Utf8View
+            | DataType::Dictionary(_, _)
+    ) {
         return Err(Error::input(
             input.label(),
             format!(
@@ -346,6 +378,9 @@ impl PartitionStream for EventsPartition {
                 .to_events(index, first_row, &batch)
                 .map_err(|e| DataFusionError::External(Box::new(e)))
         });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), futures::stream::iter(events)))
+        Box::pin(RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            futures::stream::iter(events),
+        ))
     }
 }

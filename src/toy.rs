@@ -79,7 +79,10 @@ impl ToySpec {
     }
 
     /// Builds the spec of a pipeline's generator source.
-    pub fn from_config(file: &GeneratorFile, pipeline_seed: u64) -> Result<ToySpec, String> {
+    pub fn from_config(
+        file: &GeneratorFile,
+        pipeline_seed: u64,
+    ) -> Result<ToySpec, String> {
         let mut spec = ToySpec::new(file.kind, file.seed.unwrap_or(pipeline_seed));
         if let Some(n) = file.signal {
             spec.signal = n;
@@ -146,7 +149,9 @@ impl ToySpec {
     pub fn score_columns(&self) -> Vec<&'static str> {
         match self.kind {
             GeneratorKind::Toy1d => vec!["score"],
-            GeneratorKind::ThreeClass => vec!["score_signal1", "score_signal2", "score_bkg"],
+            GeneratorKind::ThreeClass => {
+                vec!["score_signal1", "score_signal2", "score_bkg"]
+            }
         }
     }
 
@@ -189,7 +194,11 @@ impl Density {
         for i in 0..3 {
             for j in 0..=i {
                 let s: f64 = (0..j).map(|k| l[i][k] * l[j][k]).sum();
-                l[i][j] = if i == j { (cov(i, i) - s).sqrt() } else { (cov(i, j) - s) / l[j][j] };
+                l[i][j] = if i == j {
+                    (cov(i, i) - s).sqrt()
+                } else {
+                    (cov(i, j) - s) / l[j][j]
+                };
             }
         }
         Density { inverse, log_norm, cholesky: l }
@@ -208,7 +217,9 @@ impl Density {
 
     fn sample(&self, mean: &[f64; 3], rng: &mut ChaCha8Rng) -> [f64; 3] {
         let z: [f64; 3] = std::array::from_fn(|_| StandardNormal.sample(rng));
-        std::array::from_fn(|i| mean[i] + (0..=i).map(|k| self.cholesky[i][k] * z[k]).sum::<f64>())
+        std::array::from_fn(|i| {
+            mean[i] + (0..=i).map(|k| self.cholesky[i][k] * z[k]).sum::<f64>()
+        })
     }
 }
 
@@ -223,7 +234,10 @@ pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
     let noise = Normal::new(1.0, NOISE).expect("noise width is finite and positive");
     let total_bkg_xs: f64 = BACKGROUNDS.iter().map(|b| b.cross_section).sum();
     let background_pdf = |x: &[f64; 3]| -> f64 {
-        BACKGROUNDS.iter().map(|b| b.cross_section / total_bkg_xs * density.pdf(x, &b.mean)).sum()
+        BACKGROUNDS
+            .iter()
+            .map(|b| b.cross_section / total_bkg_xs * density.pdf(x, &b.mean))
+            .sum()
     };
     let schema = spec.schema();
     let mut batches = Vec::new();
@@ -234,10 +248,12 @@ pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
         let mut start = 0;
         while start < count {
             let rows = BATCH_ROWS.min(count - start);
-            let mut scores: Vec<Vec<f64>> = vec![Vec::with_capacity(rows); spec.score_columns().len()];
+            let mut scores: Vec<Vec<f64>> =
+                vec![Vec::with_capacity(rows); spec.score_columns().len()];
             for _ in 0..rows {
                 let clean = density.sample(&component.mean, &mut rng);
-                let x: [f64; 3] = std::array::from_fn(|i| clean[i] * noise.sample(&mut rng));
+                let x: [f64; 3] =
+                    std::array::from_fn(|i| clean[i] * noise.sample(&mut rng));
                 let p1 = density.pdf(&x, &SIGNALS[0].mean);
                 let pb = background_pdf(&x);
                 match spec.kind {
@@ -258,9 +274,12 @@ pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
                 Arc::new(StringArray::from(vec![component.name; rows])),
                 Arc::new(Float64Array::from(vec![weight; rows])),
             ];
-            columns.extend(scores.into_iter().map(|s| Arc::new(Float64Array::from(s)) as ArrayRef));
+            columns.extend(
+                scores.into_iter().map(|s| Arc::new(Float64Array::from(s)) as ArrayRef),
+            );
             batches.push(
-                RecordBatch::try_new(schema.clone(), columns).expect("columns match the schema"),
+                RecordBatch::try_new(schema.clone(), columns)
+                    .expect("columns match the schema"),
             );
             start += rows;
         }

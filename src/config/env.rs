@@ -121,7 +121,10 @@ mod tests {
 
     #[test]
     fn substitute_skips_comment_lines() {
-        assert_eq!(substitute("  # ${NOPE}\nf: ${INPUT}\n", env).unwrap(), "  # ${NOPE}\nf: /data/a.parquet\n");
+        assert_eq!(
+            substitute("  # ${NOPE}\nf: ${INPUT}\n", env).unwrap(),
+            "  # ${NOPE}\nf: /data/a.parquet\n"
+        );
     }
 
     #[test]

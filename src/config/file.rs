@@ -176,14 +176,17 @@ pub enum NonFinitePolicy {
 pub struct ModelFile {
     /// `sigmoid` or `gmm`.
     pub kind: ModelKind,
-    /// Numbers of categories; one training run per entry.
-    pub categories: Spanned<Vec<usize>>,
-    /// Range of the discriminant, `[low, high]`; `[0, 1]` when absent.
+    /// One training run per entry: a number of categories K, or for the
+    /// sigmoid model on several discriminants the bins per discriminant.
+    pub categories: Spanned<Vec<CategoriesEntry>>,
+    /// Range of the discriminants: one `[low, high]` for all, or one per
+    /// discriminant; `[0, 1]` when absent.
     #[serde(default)]
-    pub range: Option<Spanned<[f64; 2]>>,
-    /// Sigmoid steepness schedule (sigmoid model only).
+    pub range: Option<Spanned<RangeFile>>,
+    /// Sigmoid steepness schedule (sigmoid model only): one for all
+    /// discriminants, or a list with one per discriminant.
     #[serde(default)]
-    pub steepness: Option<Spanned<ScheduleFile>>,
+    pub steepness: Option<Spanned<OneOrMany<ScheduleFile>>>,
     /// Softmax temperature schedule (GMM only).
     #[serde(default)]
     pub temperature: Option<Spanned<ScheduleFile>>,
@@ -197,6 +200,157 @@ pub struct ModelFile {
     /// Mapping of raw GMM means onto the discriminant space.
     #[serde(default)]
     pub means: MeanMapping,
+}
+
+/// One entry of `model.categories`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum CategoriesEntry {
+    /// K categories.
+    Count(usize),
+    /// Bins per discriminant of a sigmoid grid; K is their product.
+    Bins(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for CategoriesEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CategoriesEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of categories, or a list of bins per discriminant")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                usize::try_from(v).map(CategoriesEntry::Count).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                usize::try_from(v).map(CategoriesEntry::Count).map_err(|_| {
+                    E::custom(format!(
+                        "a number of categories cannot be negative, got {v}"
+                    ))
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut bins = Vec::new();
+                while let Some(b) = seq.next_element::<usize>()? {
+                    bins.push(b);
+                }
+                Ok(CategoriesEntry::Bins(bins))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// `model.range`: one `[low, high]` for every discriminant, or one per
+/// discriminant.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum RangeFile {
+    /// The same range for every discriminant.
+    One([f64; 2]),
+    /// One range per discriminant.
+    PerAxis(Vec<[f64; 2]>),
+}
+
+impl<'de> Deserialize<'de> for RangeFile {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Item {
+            Number(f64),
+            Pair([f64; 2]),
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RangeFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(
+                    "[low, high], or a list of [low, high] with one per discriminant",
+                )
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Item>()? {
+                    items.push(item);
+                }
+                match items.as_slice() {
+                    [Item::Number(lo), Item::Number(hi)] => {
+                        Ok(RangeFile::One([*lo, *hi]))
+                    }
+                    _ if !items.is_empty()
+                        && items.iter().all(|i| matches!(i, Item::Pair(_))) =>
+                    {
+                        Ok(RangeFile::PerAxis(
+                            items
+                                .iter()
+                                .filter_map(|i| {
+                                    if let Item::Pair(p) = i { Some(*p) } else { None }
+                                })
+                                .collect(),
+                        ))
+                    }
+                    _ => Err(serde::de::Error::custom(
+                        "expected [low, high], or a list of [low, high] with one per discriminant",
+                    )),
+                }
+            }
+        }
+        deserializer.deserialize_seq(Visitor)
+    }
+}
+
+/// A value given once for every discriminant, or as a list with one entry
+/// per discriminant.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// The same value for every discriminant.
+    One(T),
+    /// One value per discriminant.
+    Many(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a mapping, or a list of mappings with one per discriminant")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(OneOrMany::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<T>()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany::Many(items))
+            }
+        }
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+    }
 }
 
 /// Mapping of raw GMM means onto the discriminant space.
@@ -274,6 +428,32 @@ pub struct ObjectiveFile {
     /// `combine: quadrature`; 1 for every signal when absent.
     #[serde(default)]
     pub signal_weights: Option<Vec<f64>>,
+    /// Per-category factors on the yields of some background processes.
+    #[serde(default)]
+    pub background_reweight: Option<ReweightFile>,
+}
+
+/// Per-category reweighting of a subset of the background processes: in
+/// category k their yield is multiplied by f_k and their Σw² by f_k².
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReweightFile {
+    /// Names of the background processes that are scaled.
+    pub processes: Vec<String>,
+    /// One factor for every category, or a list with one per category
+    /// (only with a single entry in `model.categories`). 1 when absent.
+    #[serde(default)]
+    pub factors: Option<Factors>,
+}
+
+/// Reweighting factors: one for all categories, or one per category.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Factors {
+    /// The same factor in every category.
+    Uniform(f64),
+    /// One factor per category.
+    PerCategory(Vec<f64>),
 }
 
 /// Combination of per-signal significances Z_i.

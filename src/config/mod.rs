@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Location, Spanned};
 
 pub use file::{
-    Checkpoint, CombineRule, GeneratorKind, GmmInit, MeanMapping, ModelKind, NonFinitePolicy, OptimizerKind, Role,
-    SignificanceKind,
+    Checkpoint, CombineRule, GeneratorKind, GmmInit, MeanMapping, ModelKind,
+    NonFinitePolicy, OptimizerKind, Role, SignificanceKind,
 };
 pub use schedule::Schedule;
 
@@ -132,12 +132,15 @@ pub struct Selection {
 pub struct ModelSpec {
     /// Sigmoid cuts or Gaussian mixture.
     pub kind: ModelKind,
-    /// Numbers of categories, one training run each.
+    /// Numbers of categories K, one training run each.
     pub categories: Vec<usize>,
-    /// Range `[low, high]` of each discriminant.
-    pub range: (f64, f64),
-    /// Sigmoid steepness over the epochs.
-    pub steepness: Schedule,
+    /// Bins per discriminant of each run: `[K]` for one discriminant and
+    /// for the GMM, the grid of a sigmoid model on several discriminants.
+    pub bins: Vec<Vec<usize>>,
+    /// Range `(low, high)` of each discriminant.
+    pub ranges: Vec<(f64, f64)>,
+    /// Sigmoid steepness over the epochs, one schedule per discriminant.
+    pub steepness: Vec<Schedule>,
     /// GMM temperature over the epochs.
     pub temperature: Schedule,
     /// GMM base width; `None` for the volume-based default.
@@ -161,6 +164,28 @@ pub struct ObjectiveSpec {
     pub combine: CombineRule,
     /// Weight of each signal for [`CombineRule::Quadrature`].
     pub signal_weights: Vec<f64>,
+    /// Per-category reweighting of some background processes.
+    pub reweight: Option<ReweightSpec>,
+}
+
+/// Per-category factors on the yields (f) and Σw² (f²) of a subset of the
+/// background processes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReweightSpec {
+    /// Whether each process, by index, is scaled.
+    pub scaled: Vec<bool>,
+    /// Starting factors: one for every category, or one per category.
+    pub factors: file::Factors,
+}
+
+impl ReweightSpec {
+    /// The starting factors of a run with `k` categories.
+    pub fn initial(&self, k: usize) -> Vec<f64> {
+        match &self.factors {
+            file::Factors::Uniform(f) => vec![*f; k],
+            file::Factors::PerCategory(list) => list.clone(),
+        }
+    }
 }
 
 /// The validated optimiser.
@@ -189,7 +214,10 @@ impl Pipeline {
         let file: PipelineFile = serde_saphyr::from_str(&text).map_err(|e| {
             let message = e.to_string();
             let message = message.strip_prefix("error: ").unwrap_or(&message);
-            Error::Config(format!("{origin}: invalid pipeline: {}", message.replace("<input>", origin)))
+            Error::Config(format!(
+                "{origin}: invalid pipeline: {}",
+                message.replace("<input>", origin)
+            ))
         })?;
         Self::from_file(file, text, origin)
     }
@@ -203,20 +231,27 @@ impl Pipeline {
                 loc.column()
             ))
         };
-        let plain = |key: &str, message: String| Error::Config(format!("{origin}: {key}: {message}"));
+        let plain = |key: &str, message: String| {
+            Error::Config(format!("{origin}: {key}: {message}"))
+        };
 
         let processes = validate_processes(&file, &at)?;
         let inputs = resolve_inputs(&file, &at, &plain)?;
         let selection = validate_selection(&file, &plain)?;
         let model = validate_model(&file.model, selection.discriminants.len(), &at)?;
-        let objective = validate_objective(&file, &plain)?;
+        let objective = validate_objective(&file, &model.categories, &plain)?;
         let learning_rate = match &file.optimizer.learning_rate {
-            Some(spanned) => schedule_from(spanned, "optimizer.learning_rate", true, &at)?,
+            Some(spanned) => {
+                schedule_from(spanned, "optimizer.learning_rate", true, &at)?
+            }
             None => Schedule::new(ScheduleKind::Cosine, 0.1, 0.001),
         };
         let in_range = |key: &str, value: usize, min: usize, max: usize| {
             if value < min || value > max {
-                return Err(plain(key, format!("must be between {min} and {max}, got {value}")));
+                return Err(plain(
+                    key,
+                    format!("must be between {min} and {max}, got {value}"),
+                ));
             }
             Ok(())
         };
@@ -228,7 +263,10 @@ impl Pipeline {
         if let Some(low) = file.evaluation.argmax_low {
             let signals = processes.iter().filter(|p| p.role == Role::Signal).count();
             if !(low.is_finite() && (0.0..1.0).contains(&low)) {
-                return Err(plain("evaluation.argmax_low", format!("must be in [0, 1), got {low}")));
+                return Err(plain(
+                    "evaluation.argmax_low",
+                    format!("must be in [0, 1), got {low}"),
+                ));
             }
             if selection.discriminants.len() != signals {
                 return Err(plain(
@@ -314,7 +352,11 @@ fn validate_processes(file: &PipelineFile, at: &AtFn) -> Result<Vec<Process>> {
             return Err(at(loc, "processes.name", "must not be empty".into()));
         }
         if processes.iter().any(|q| q.name == p.name) {
-            return Err(at(loc, "processes.name", format!("process `{}` is defined twice", p.name)));
+            return Err(at(
+                loc,
+                "processes.name",
+                format!("process `{}` is defined twice", p.name),
+            ));
         }
         let scale = match &p.scale {
             None => 1.0,
@@ -331,7 +373,10 @@ fn validate_processes(file: &PipelineFile, at: &AtFn) -> Result<Vec<Process>> {
                             "process `{}`: cross_section, luminosity and \
                              sum_generated_weights must be finite and positive, got \
                              {}, {}, {}",
-                            p.name, s.cross_section, s.luminosity, s.sum_generated_weights
+                            p.name,
+                            s.cross_section,
+                            s.luminosity,
+                            s.sum_generated_weights
                         ),
                     ));
                 }
@@ -369,7 +414,10 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
         let mut indices = Vec::new();
         match (&source.files, &source.generator) {
             (Some(_), Some(_)) | (None, None) => {
-                return Err(plain(&key, "give exactly one of `files` or `generator`".into()));
+                return Err(plain(
+                    &key,
+                    "give exactly one of `files` or `generator`".into(),
+                ));
             }
             (None, Some(generator)) => {
                 if source.process_column.is_some() {
@@ -403,9 +451,10 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                     file_index.insert(canonical, inputs.len());
                     indices.push(inputs.len());
                     let assign = match &source.process_column {
-                        Some(column) => {
-                            ProcessAssign::ByColumn { column: column.clone(), values: BTreeMap::new() }
-                        }
+                        Some(column) => ProcessAssign::ByColumn {
+                            column: column.clone(),
+                            values: BTreeMap::new(),
+                        },
                         None => ProcessAssign::All(usize::MAX),
                     };
                     inputs.push(Input { kind: InputKind::File(path), assign });
@@ -424,7 +473,10 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                 return Err(at(
                     loc,
                     "processes",
-                    format!("process `{}`: give exactly one of `source` or `files`", p.name),
+                    format!(
+                        "process `{}`: give exactly one of `source` or `files`",
+                        p.name
+                    ),
                 ));
             }
             (Some(source), None) => {
@@ -458,7 +510,9 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                         ),
                     ));
                 }
-                for path in expand_patterns(patterns).map_err(|m| at(loc, "processes.files", m))? {
+                for path in expand_patterns(patterns)
+                    .map_err(|m| at(loc, "processes.files", m))?
+                {
                     if let Some(&i) = file_index.get(&canonical(&path)) {
                         return Err(at(
                             loc,
@@ -472,7 +526,10 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                         ));
                     }
                     file_index.insert(canonical(&path), inputs.len());
-                    inputs.push(Input { kind: InputKind::File(path), assign: ProcessAssign::All(index) });
+                    inputs.push(Input {
+                        kind: InputKind::File(path),
+                        assign: ProcessAssign::All(index),
+                    });
                 }
             }
         }
@@ -494,7 +551,12 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
 }
 
 /// Attaches process `index` to `input`.
-fn attach(input: &mut Input, index: usize, name: &str, value: Option<&str>) -> Result<(), String> {
+fn attach(
+    input: &mut Input,
+    index: usize,
+    name: &str,
+    value: Option<&str>,
+) -> Result<(), String> {
     let label = input.label();
     match &mut input.assign {
         ProcessAssign::ByColumn { values, .. } => {
@@ -536,9 +598,11 @@ fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
     let mut paths = Vec::new();
     for pattern in patterns {
         if pattern.trim().is_empty() {
-            return Err("an input path is empty; is the environment variable that should \
+            return Err(
+                "an input path is empty; is the environment variable that should \
                         name it unset or empty?"
-                .into());
+                    .into(),
+            );
         }
         let is_glob = pattern.contains(['*', '?', '[']);
         if !is_glob {
@@ -559,9 +623,10 @@ fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
             paths.push(path);
             continue;
         }
-        let entries =
-            glob::glob(pattern).map_err(|e| format!("invalid glob pattern {pattern}: {e}"))?;
-        let mut matched: Vec<PathBuf> = entries.filter_map(|e| e.ok()).filter(|p| p.is_file()).collect();
+        let entries = glob::glob(pattern)
+            .map_err(|e| format!("invalid glob pattern {pattern}: {e}"))?;
+        let mut matched: Vec<PathBuf> =
+            entries.filter_map(|e| e.ok()).filter(|p| p.is_file()).collect();
         if matched.is_empty() {
             return Err(format!("glob pattern {pattern} matches no file"));
         }
@@ -608,60 +673,132 @@ fn validate_model(
     at: &AtFn,
 ) -> Result<ModelSpec> {
     let m = &spanned.value;
-    if m.kind == ModelKind::Sigmoid && dims != 1 {
-        return Err(at(
-            &spanned.referenced,
-            "model.kind",
-            format!(
-                "the sigmoid model cuts exactly one discriminant, but \
-                 `selection.discriminants` names {dims}; use `kind: gmm` or one column"
-            ),
-        ));
-    }
     let ks = &m.categories;
+    let categories_error =
+        |message: String| at(&ks.referenced, "model.categories", message);
     if ks.value.is_empty() {
-        return Err(at(&ks.referenced, "model.categories", "give at least one K".into()));
+        return Err(categories_error("give at least one K".into()));
     }
-    if let Some(&k) = ks.value.iter().find(|&&k| k < 2) {
-        return Err(at(
-            &ks.referenced,
-            "model.categories",
-            format!("every number of categories must be at least 2, got {k}"),
-        ));
-    }
-    if let Some(&k) = ks.value.iter().find(|&&k| k > MAX_CATEGORIES) {
-        return Err(at(
-            &ks.referenced,
-            "model.categories",
-            format!("every number of categories must be at most {MAX_CATEGORIES}, got {k}"),
-        ));
-    }
-    let repeated = ks.value.iter().enumerate().find_map(|(i, k)| ks.value[..i].contains(k).then_some(*k));
-    if let Some(k) = repeated {
-        return Err(at(
-            &ks.referenced,
-            "model.categories",
-            format!("K = {k} is listed twice; list each number of categories once"),
-        ));
-    }
-    let range = match &m.range {
-        None => (0.0, 1.0),
-        Some(r) => {
-            let [lo, hi] = r.value;
-            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
-                return Err(at(
-                    &r.referenced,
-                    "model.range",
-                    format!("must be [low, high] with finite low < high, got [{lo}, {hi}]"),
-                ));
+    let mut bins = Vec::with_capacity(ks.value.len());
+    for entry in &ks.value {
+        let grid = match entry {
+            file::CategoriesEntry::Count(k)
+                if m.kind == ModelKind::Sigmoid && dims > 1 =>
+            {
+                return Err(categories_error(format!(
+                    "the sigmoid model on {dims} discriminants cuts each of them, so give \
+                     the bins per discriminant, for example [{}] instead of {k}",
+                    vec![k.to_string(); dims].join(", ")
+                )));
             }
-            (lo, hi)
+            file::CategoriesEntry::Count(k) => vec![*k],
+            file::CategoriesEntry::Bins(b) if m.kind == ModelKind::Gmm => {
+                return Err(categories_error(format!(
+                    "the GMM takes a number of components, not bins per discriminant ({b:?})"
+                )));
+            }
+            file::CategoriesEntry::Bins(b) if b.len() != dims => {
+                return Err(categories_error(format!(
+                    "{b:?} gives bins for {} discriminants, but `selection.discriminants` names {dims}",
+                    b.len()
+                )));
+            }
+            file::CategoriesEntry::Bins(b) => b.clone(),
+        };
+        if dims > 1 {
+            if let Some(&b) = grid.iter().find(|&&b| b < 2) {
+                return Err(categories_error(format!(
+                    "every discriminant of a sigmoid grid needs at least 2 bins, got {b} in {grid:?}"
+                )));
+            }
         }
+        let k = grid
+            .iter()
+            .try_fold(1usize, |acc, &b| acc.checked_mul(b))
+            .unwrap_or(usize::MAX);
+        if k < 2 {
+            return Err(categories_error(format!(
+                "every number of categories must be at least 2, got {k}"
+            )));
+        }
+        if k > MAX_CATEGORIES {
+            return Err(categories_error(format!(
+                "every number of categories must be at most {MAX_CATEGORIES}, got {k}"
+            )));
+        }
+        if bins.contains(&grid) {
+            let shown = if dims > 1 { format!("{grid:?}") } else { format!("K = {k}") };
+            return Err(categories_error(format!(
+                "{shown} is listed twice; list each number of categories once"
+            )));
+        }
+        bins.push(grid);
+    }
+    let categories: Vec<usize> = bins.iter().map(|b| b.iter().product()).collect();
+    let check_range = |lo: f64, hi: f64, loc: &Location| {
+        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+            return Err(at(
+                loc,
+                "model.range",
+                format!("must be [low, high] with finite low < high, got [{lo}, {hi}]"),
+            ));
+        }
+        Ok((lo, hi))
     };
-    let default = |initial, final_value| Schedule::new(ScheduleKind::Cosine, initial, final_value);
+    let ranges = match &m.range {
+        None => vec![(0.0, 1.0); dims],
+        Some(r) => match &r.value {
+            file::RangeFile::One([lo, hi]) => {
+                vec![check_range(*lo, *hi, &r.referenced)?; dims]
+            }
+            file::RangeFile::PerAxis(list) => {
+                if list.len() != dims {
+                    return Err(at(
+                        &r.referenced,
+                        "model.range",
+                        format!(
+                            "gives {} ranges, but `selection.discriminants` names {dims}; give \
+                             one [low, high] for all or one per discriminant",
+                            list.len()
+                        ),
+                    ));
+                }
+                list.iter()
+                    .map(|[lo, hi]| check_range(*lo, *hi, &r.referenced))
+                    .collect::<Result<_>>()?
+            }
+        },
+    };
+    let default =
+        |initial, final_value| Schedule::new(ScheduleKind::Cosine, initial, final_value);
     let steepness = match &m.steepness {
-        Some(s) => schedule_from(s, "model.steepness", false, at)?,
-        None => default(50.0, 10000.0),
+        Some(s) => match &s.value {
+            file::OneOrMany::One(one) => {
+                vec![
+                    schedule_check(one, &s.referenced, "model.steepness", false, at)?;
+                    dims
+                ]
+            }
+            file::OneOrMany::Many(list) => {
+                if list.len() != dims {
+                    return Err(at(
+                        &s.referenced,
+                        "model.steepness",
+                        format!(
+                            "gives {} schedules, but `selection.discriminants` names {dims}; give \
+                             one schedule for all or one per discriminant",
+                            list.len()
+                        ),
+                    ));
+                }
+                list.iter()
+                    .map(|one| {
+                        schedule_check(one, &s.referenced, "model.steepness", false, at)
+                    })
+                    .collect::<Result<_>>()?
+            }
+        },
+        None => vec![default(50.0, 10000.0); dims],
     };
     let temperature = match &m.temperature {
         Some(s) => schedule_from(s, "model.temperature", true, at)?,
@@ -679,8 +816,9 @@ fn validate_model(
     }
     Ok(ModelSpec {
         kind: m.kind,
-        categories: ks.value.clone(),
-        range,
+        categories,
+        bins,
+        ranges,
         steepness,
         temperature,
         sigma_base: m.sigma_base,
@@ -716,7 +854,11 @@ fn check_model_keys(spanned: &Spanned<file::ModelFile>, at: &AtFn) -> Result<()>
     Ok(())
 }
 
-fn validate_objective(file: &PipelineFile, plain: &PlainFn) -> Result<ObjectiveSpec> {
+fn validate_objective(
+    file: &PipelineFile,
+    categories: &[usize],
+    plain: &PlainFn,
+) -> Result<ObjectiveSpec> {
     let p = &file.objective.penalties;
     let low_background = match &p.low_background {
         None => None,
@@ -736,7 +878,8 @@ fn validate_objective(file: &PipelineFile, plain: &PlainFn) -> Result<ObjectiveS
     let mc_uncertainty = match &p.mc_uncertainty {
         None => None,
         Some(m) => {
-            if !(m.max_relative.is_finite() && m.max_relative > 0.0) || !(m.weight >= 0.0) {
+            if !(m.max_relative.is_finite() && m.max_relative > 0.0) || !(m.weight >= 0.0)
+            {
                 return Err(plain(
                     "objective.penalties.mc_uncertainty",
                     format!(
@@ -755,7 +898,10 @@ fn validate_objective(file: &PipelineFile, plain: &PlainFn) -> Result<ObjectiveS
             if w.len() != signals {
                 return Err(plain(
                     "objective.signal_weights",
-                    format!("give one weight per signal process: {signals} signals, {} weights", w.len()),
+                    format!(
+                        "give one weight per signal process: {signals} signals, {} weights",
+                        w.len()
+                    ),
                 ));
             }
             if let Some(bad) = w.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
@@ -767,19 +913,93 @@ fn validate_objective(file: &PipelineFile, plain: &PlainFn) -> Result<ObjectiveS
             w.clone()
         }
     };
-    if file.objective.signal_weights.is_some() && file.objective.combine != CombineRule::Quadrature {
+    if file.objective.signal_weights.is_some()
+        && file.objective.combine != CombineRule::Quadrature
+    {
         return Err(plain(
             "objective.signal_weights",
             "apply to `combine: quadrature` only; remove them or set that rule".into(),
         ));
     }
+    let reweight = match &file.objective.background_reweight {
+        None => None,
+        Some(r) => Some(validate_reweight(file, r, categories, plain)?),
+    };
     Ok(ObjectiveSpec {
         significance: file.objective.significance,
         low_background,
         mc_uncertainty,
         combine: file.objective.combine,
         signal_weights,
+        reweight,
     })
+}
+
+fn validate_reweight(
+    file: &PipelineFile,
+    r: &file::ReweightFile,
+    categories: &[usize],
+    plain: &PlainFn,
+) -> Result<ReweightSpec> {
+    const KEY: &str = "objective.background_reweight";
+    let mut scaled = vec![false; file.processes.len()];
+    if r.processes.is_empty() {
+        return Err(plain(
+            KEY,
+            "name at least one background process under `processes`".into(),
+        ));
+    }
+    for name in &r.processes {
+        let Some(i) = file.processes.iter().position(|p| &p.value.name == name) else {
+            let known: Vec<&str> =
+                file.processes.iter().map(|p| p.value.name.as_str()).collect();
+            return Err(plain(
+                KEY,
+                format!(
+                    "`{name}` is not a process of this pipeline; the processes are {}",
+                    known.join(", ")
+                ),
+            ));
+        };
+        if file.processes[i].value.role != Role::Background {
+            return Err(plain(
+                KEY,
+                format!(
+                    "`{name}` is a signal; only background processes can be reweighted"
+                ),
+            ));
+        }
+        if scaled[i] {
+            return Err(plain(KEY, format!("`{name}` is listed twice")));
+        }
+        scaled[i] = true;
+    }
+    let factors = r.factors.clone().unwrap_or(file::Factors::Uniform(1.0));
+    let values = match &factors {
+        file::Factors::Uniform(f) => vec![*f],
+        file::Factors::PerCategory(list) => {
+            if categories.len() != 1 || list.len() != categories[0] {
+                return Err(plain(
+                    KEY,
+                    format!(
+                        "{} factors given, but one per category needs a single run whose K \
+                         equals that number (model.categories gives K = {:?}); give one \
+                         factor for all categories instead",
+                        list.len(),
+                        categories
+                    ),
+                ));
+            }
+            list.clone()
+        }
+    };
+    if let Some(bad) = values.iter().find(|f| !(f.is_finite() && **f >= 0.0)) {
+        return Err(plain(
+            KEY,
+            format!("factors must be finite and non-negative, got {bad}"),
+        ));
+    }
+    Ok(ReweightSpec { scaled, factors })
 }
 
 /// Validates a schedule: both ends finite and positive, and for a quantity
@@ -790,10 +1010,22 @@ fn schedule_from(
     decreasing: bool,
     at: &AtFn,
 ) -> Result<Schedule> {
-    let s = &spanned.value;
-    if s.schedule == ScheduleKind::Constant && s.final_value.is_some_and(|f| f != s.initial) {
+    schedule_check(&spanned.value, &spanned.referenced, key, decreasing, at)
+}
+
+/// [`schedule_from`] for a schedule located at `location`.
+fn schedule_check(
+    s: &ScheduleFile,
+    location: &Location,
+    key: &str,
+    decreasing: bool,
+    at: &AtFn,
+) -> Result<Schedule> {
+    if s.schedule == ScheduleKind::Constant
+        && s.final_value.is_some_and(|f| f != s.initial)
+    {
         return Err(at(
-            &spanned.referenced,
+            location,
             key,
             "a constant schedule has no `final` value; remove it, or choose `cosine` or \
              `exponential`"
@@ -804,7 +1036,7 @@ fn schedule_from(
     for (name, v) in [("initial", s.initial), ("final", final_value)] {
         if !(v.is_finite() && v > 0.0) {
             return Err(at(
-                &spanned.referenced,
+                location,
                 key,
                 format!("`{name}` must be finite and positive, got {v}"),
             ));
@@ -812,7 +1044,7 @@ fn schedule_from(
     }
     if decreasing && final_value > s.initial {
         return Err(at(
-            &spanned.referenced,
+            location,
             key,
             format!(
                 "`final` ({final_value}) is above `initial` ({}); this value is meant to \

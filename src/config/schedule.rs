@@ -29,7 +29,9 @@ impl Schedule {
         let (a, b) = (self.initial, self.final_value);
         match self.kind {
             ScheduleKind::Constant => a,
-            ScheduleKind::Cosine => b + (a - b) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()),
+            ScheduleKind::Cosine => {
+                b + (a - b) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
             ScheduleKind::Exponential => a * (b / a).powf(t),
         }
     }

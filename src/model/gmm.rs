@@ -1,9 +1,9 @@
 //! [`GaussianMixture`]: K Gaussian components in d dimensions whose
 //! temperature-softmax gives each event a soft category.
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -55,18 +55,37 @@ impl GaussianMixture {
             let width = if simplex {
                 1.0
             } else {
-                ranges.iter().map(|(lo, hi)| (hi - lo).ln()).sum::<f64>().exp().powf(1.0 / dim as f64)
+                ranges
+                    .iter()
+                    .map(|(lo, hi)| (hi - lo).ln())
+                    .sum::<f64>()
+                    .exp()
+                    .powf(1.0 / dim as f64)
             };
             default_sigma_base(dim, components) * width
         });
-        GaussianMixture { components, dim, ranges, simplex, sigma_base, damping: 0.1, init }
+        GaussianMixture {
+            components,
+            dim,
+            ranges,
+            simplex,
+            sigma_base,
+            damping: 0.1,
+            init,
+        }
     }
 
     /// Initial parameters; see [`GmmInit`]. Restarts after the first add
     /// N(0, 0.3) to the raw means of the quantile start.
-    pub fn init(&self, rng: &mut ChaCha8Rng, restart: usize, signal: &[(f64, f64)]) -> Params {
+    pub fn init(
+        &self,
+        rng: &mut ChaCha8Rng,
+        restart: usize,
+        signal: &[(f64, f64)],
+    ) -> Params {
         let (k, d) = (self.components, self.dim);
-        let use_quantiles = self.init == GmmInit::Quantiles && d == 1 && !signal.is_empty();
+        let use_quantiles =
+            self.init == GmmInit::Quantiles && d == 1 && !signal.is_empty();
         let (logits, means) = if use_quantiles {
             let (lo, hi) = self.ranges[0];
             let mut means: Vec<f64> = weighted_quantiles(signal, k)
@@ -121,7 +140,8 @@ impl GaussianMixture {
         } else {
             let low: Vec<f64> = self.ranges.iter().map(|r| r.0).collect();
             let width: Vec<f64> = self.ranges.iter().map(|r| r.1 - r.0).collect();
-            super::logistic(raw_means) * super::tensor1::<B>(&width, &device).unsqueeze_dim::<2>(0)
+            super::logistic(raw_means)
+                * super::tensor1::<B>(&width, &device).unsqueeze_dim::<2>(0)
                 + super::tensor1::<B>(&low, &device).unsqueeze_dim::<2>(0)
         };
         let scale: Tensor<B, 2> = params[2].clone().reshape([k, d * d]);
@@ -168,7 +188,8 @@ impl GaussianMixture {
                 let row = &raw[c * d..(c + 1) * d];
                 if self.simplex {
                     let max = row.iter().copied().fold(0.0f64, f64::max);
-                    let total: f64 = row.iter().map(|r| (r - max).exp()).sum::<f64>() + (-max).exp();
+                    let total: f64 =
+                        row.iter().map(|r| (r - max).exp()).sum::<f64>() + (-max).exp();
                     row.iter().map(|r| (r - max).exp() / total).collect()
                 } else {
                     row.iter()
@@ -248,7 +269,8 @@ pub fn default_sigma_base(dim: usize, components: usize) -> f64 {
     let m = dim.saturating_sub(1).max(1);
     let factorial: f64 = (1..dim).map(|i| i as f64).product();
     let v_simplex = (dim as f64).sqrt() / factorial;
-    let v_ball = std::f64::consts::PI.powf(m as f64 / 2.0) / gamma_half_integer(m as f64 / 2.0 + 1.0);
+    let v_ball = std::f64::consts::PI.powf(m as f64 / 2.0)
+        / gamma_half_integer(m as f64 / 2.0 + 1.0);
     (v_simplex / (components as f64 * v_ball)).powf(1.0 / m as f64)
 }
 
@@ -266,7 +288,8 @@ fn gamma_half_integer(x: f64) -> f64 {
 /// Computes the weighted quantiles at (i + 0.5)/n, i = 0..n, of
 /// `(value, weight)` pairs.
 fn weighted_quantiles(points: &[(f64, f64)], n: usize) -> Vec<f64> {
-    let mut sorted: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.1 > 0.0).collect();
+    let mut sorted: Vec<(f64, f64)> =
+        points.iter().copied().filter(|p| p.1 > 0.0).collect();
     sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
     let total: f64 = sorted.iter().map(|p| p.1).sum();
     let mut out = Vec::with_capacity(n);
@@ -297,12 +320,15 @@ mod tests {
     fn gamma_half_integer_values() {
         assert_eq!(gamma_half_integer(1.0), 1.0);
         assert_eq!(gamma_half_integer(3.0), 2.0);
-        assert!((gamma_half_integer(1.5) - std::f64::consts::PI.sqrt() / 2.0).abs() < 1e-15);
+        assert!(
+            (gamma_half_integer(1.5) - std::f64::consts::PI.sqrt() / 2.0).abs() < 1e-15
+        );
     }
 
     #[test]
     fn weighted_quantiles_of_uniform_points() {
-        let points: Vec<(f64, f64)> = (0..1000).map(|i| (i as f64 / 1000.0, 1.0)).collect();
+        let points: Vec<(f64, f64)> =
+            (0..1000).map(|i| (i as f64 / 1000.0, 1.0)).collect();
         let q = weighted_quantiles(&points, 4);
         for (got, want) in q.iter().zip([0.125, 0.375, 0.625, 0.875]) {
             assert!((got - want).abs() < 2e-3, "{got} vs {want}");

@@ -8,6 +8,7 @@
 //! ([`CategoryModel::assign`]) are computed on the host in float64.
 
 mod gmm;
+mod grid;
 mod saved;
 mod sigmoid;
 
@@ -16,6 +17,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 
 pub use gmm::GaussianMixture;
+pub use grid::SigmoidGrid;
 pub use saved::SavedModel;
 pub use sigmoid::{SigmoidCuts, category_of};
 
@@ -43,7 +45,8 @@ impl Params {
 
     /// Returns the tensor called `name`.
     pub fn get(&self, name: &str) -> &[f64] {
-        let i = self.names.iter().position(|n| n == name).expect("parameter name is known");
+        let i =
+            self.names.iter().position(|n| n == name).expect("parameter name is known");
         &self.values[i]
     }
 }
@@ -54,6 +57,8 @@ impl Params {
 pub enum CategoryModel {
     /// Ordered sigmoid cuts on one discriminant.
     Sigmoid(SigmoidCuts),
+    /// Sigmoid cuts on several discriminants; the cells are the categories.
+    Grid(SigmoidGrid),
     /// Gaussian mixture with temperature-softmax assignment.
     Gmm(GaussianMixture),
 }
@@ -63,7 +68,25 @@ impl CategoryModel {
     pub fn categories(&self) -> usize {
         match self {
             CategoryModel::Sigmoid(m) => m.categories,
+            CategoryModel::Grid(m) => m.categories(),
             CategoryModel::Gmm(m) => m.components,
+        }
+    }
+
+    /// Bins per discriminant: `[K]` except for the grid.
+    pub fn bins(&self) -> Vec<usize> {
+        match self {
+            CategoryModel::Grid(m) => m.bins(),
+            _ => vec![self.categories()],
+        }
+    }
+
+    /// Sigmoid cuts per discriminant (sigmoid models only).
+    pub fn cuts(&self, params: &Params) -> Option<Vec<Vec<f64>>> {
+        match self {
+            CategoryModel::Sigmoid(m) => Some(vec![m.boundaries(params)]),
+            CategoryModel::Grid(m) => Some(m.boundaries(params)),
+            CategoryModel::Gmm(_) => None,
         }
     }
 
@@ -71,8 +94,9 @@ impl CategoryModel {
     /// row sums to 1.
     ///
     /// `columns` contains one [N, 1] tensor per discriminant and `params` the
-    /// tensors of [`Params`] in order. `anneal` is the steepness (sigmoid) or
-    /// the temperature (GMM), shape [1].
+    /// tensors of [`Params`] in order. `anneal` is the steepness of each
+    /// discriminant (sigmoid models, shape [d]) or the temperature (GMM,
+    /// shape [1]).
     pub fn membership<B: Backend>(
         &self,
         columns: &[Tensor<B, 2>],
@@ -81,6 +105,7 @@ impl CategoryModel {
     ) -> Tensor<B, 2> {
         match self {
             CategoryModel::Sigmoid(m) => m.membership(&columns[0], &params[0], anneal),
+            CategoryModel::Grid(m) => m.membership(columns, params, anneal),
             CategoryModel::Gmm(m) => m.membership(columns, params, anneal),
         }
     }
@@ -93,14 +118,21 @@ impl CategoryModel {
                 let cuts = m.boundaries(params);
                 discriminants[0].iter().map(|&x| sigmoid::category_of(&cuts, x)).collect()
             }
+            CategoryModel::Grid(m) => m.assign(params, discriminants),
             CategoryModel::Gmm(m) => m.assign(params, discriminants),
         }
     }
 
     /// Initial parameters for `restart` (0 is the model's default start).
-    pub fn init(&self, rng: &mut ChaCha8Rng, restart: usize, signal: &[(f64, f64)]) -> Params {
+    pub fn init(
+        &self,
+        rng: &mut ChaCha8Rng,
+        restart: usize,
+        signal: &[(f64, f64)],
+    ) -> Params {
         match self {
             CategoryModel::Sigmoid(m) => m.init(rng, restart),
+            CategoryModel::Grid(m) => m.init(rng, restart),
             CategoryModel::Gmm(m) => m.init(rng, restart, signal),
         }
     }
@@ -153,4 +185,3 @@ mod tests {
         }
     }
 }
-

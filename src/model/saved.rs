@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CategoryModel, GaussianMixture, Params, SigmoidCuts};
+use super::{CategoryModel, GaussianMixture, Params, SigmoidCuts, SigmoidGrid};
 use crate::config::{GmmInit, ModelKind};
 use crate::error::{Error, Result};
 
@@ -43,17 +43,40 @@ pub struct SavedModel {
     pub damping: f64,
     /// Sigmoid cut positions, for reading only; `parameters` defines them.
     pub boundaries: Option<Vec<f64>>,
+    /// Bins per discriminant of a sigmoid model on several discriminants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bins: Option<Vec<usize>>,
+    /// Cut positions per discriminant of such a grid, for reading only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid_boundaries: Option<Vec<Vec<f64>>>,
     /// Raw parameters.
     pub parameters: Params,
 }
 
 impl SavedModel {
     /// Describes `model` with `params`, reading `discriminants`.
-    pub fn new(model: &CategoryModel, params: &Params, discriminants: &[String]) -> SavedModel {
+    pub fn new(
+        model: &CategoryModel,
+        params: &Params,
+        discriminants: &[String],
+    ) -> SavedModel {
         let (kind, ranges, simplex, sigma_base, damping, boundaries) = match model {
-            CategoryModel::Sigmoid(m) => {
-                (ModelKind::Sigmoid, vec![[m.low, m.high]], false, 0.0, 0.0, Some(m.boundaries(params)))
-            }
+            CategoryModel::Sigmoid(m) => (
+                ModelKind::Sigmoid,
+                vec![[m.low, m.high]],
+                false,
+                0.0,
+                0.0,
+                Some(m.boundaries(params)),
+            ),
+            CategoryModel::Grid(m) => (
+                ModelKind::Sigmoid,
+                m.axes.iter().map(|a| [a.low, a.high]).collect(),
+                false,
+                0.0,
+                0.0,
+                None,
+            ),
             CategoryModel::Gmm(m) => (
                 ModelKind::Gmm,
                 m.ranges.iter().map(|r| [r.0, r.1]).collect(),
@@ -74,6 +97,11 @@ impl SavedModel {
             sigma_base,
             damping,
             boundaries,
+            bins: matches!(model, CategoryModel::Grid(_)).then(|| model.bins()),
+            grid_boundaries: match model {
+                CategoryModel::Grid(m) => Some(m.boundaries(params)),
+                _ => None,
+            },
             parameters: params.clone(),
         }
     }
@@ -87,14 +115,18 @@ impl SavedModel {
 
     /// Reads and checks a model file.
     pub fn load(path: &Path) -> Result<SavedModel> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::input(path, format!("cannot read the model file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::input(path, format!("cannot read the model file: {e}"))
+        })?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::input(path, format!("not a JSON model file: {e}")))?;
         if value["format"] != FORMAT {
             return Err(Error::input(
                 path,
-                format!("not a gato model file: `format` is {}, expected \"{FORMAT}\"", value["format"]),
+                format!(
+                    "not a gato model file: `format` is {}, expected \"{FORMAT}\"",
+                    value["format"]
+                ),
             ));
         }
         if value["version"] != VERSION {
@@ -109,7 +141,9 @@ impl SavedModel {
         }
         let saved: SavedModel = serde_json::from_value(value)
             .map_err(|e| Error::input(path, format!("invalid model file: {e}")))?;
-        saved.check().map_err(|message| Error::input(path, format!("invalid model file: {message}")))?;
+        saved.check().map_err(|message| {
+            Error::input(path, format!("invalid model file: {message}"))
+        })?;
         Ok(saved)
     }
 
@@ -125,21 +159,52 @@ impl SavedModel {
                 self.ranges.len()
             ));
         }
-        if let Some(r) = self.ranges.iter().find(|r| !(r[0].is_finite() && r[1].is_finite() && r[0] < r[1])) {
+        if let Some(r) = self
+            .ranges
+            .iter()
+            .find(|r| !(r[0].is_finite() && r[1].is_finite() && r[0] < r[1]))
+        {
             return Err(format!("range [{}, {}] is empty or not finite", r[0], r[1]));
         }
-        let expected: Vec<(&str, usize)> = match self.kind {
-            ModelKind::Sigmoid if d != 1 => {
-                return Err(format!("a sigmoid model reads one discriminant, got {d}"));
+        let names: Vec<String>;
+        let expected: Vec<(&str, usize)> = match (self.kind, &self.bins) {
+            (ModelKind::Sigmoid, None) if d != 1 => {
+                return Err(format!(
+                    "a sigmoid model on {d} discriminants needs `bins`, one number per discriminant"
+                ));
             }
-            ModelKind::Sigmoid => vec![("raw", k - 1)],
-            ModelKind::Gmm => vec![("logits", k), ("means", k * d), ("scale", k * d * d)],
+            (ModelKind::Sigmoid, None) => vec![("raw", k - 1)],
+            (ModelKind::Sigmoid, Some(bins)) => {
+                if bins.len() != d || bins.iter().any(|&b| b < 2) {
+                    return Err(format!(
+                        "`bins` must give at least 2 bins for each of the {d} discriminants, got {bins:?}"
+                    ));
+                }
+                if bins.iter().try_fold(1usize, |a, &b| a.checked_mul(b)) != Some(k) {
+                    return Err(format!(
+                        "`bins` {bins:?} do not multiply to `categories` = {k}"
+                    ));
+                }
+                names = (0..d).map(|j| format!("raw_{j}")).collect();
+                names.iter().zip(bins).map(|(n, b)| (n.as_str(), b - 1)).collect()
+            }
+            (ModelKind::Gmm, Some(_)) => {
+                return Err("`bins` applies to sigmoid models only".into());
+            }
+            (ModelKind::Gmm, None) => {
+                vec![("logits", k), ("means", k * d), ("scale", k * d * d)]
+            }
         };
         let p = &self.parameters;
         if p.names.len() != expected.len() || p.values.len() != expected.len() {
-            return Err(format!("expected the parameters {:?}", expected.iter().map(|e| e.0).collect::<Vec<_>>()));
+            return Err(format!(
+                "expected the parameters {:?}",
+                expected.iter().map(|e| e.0).collect::<Vec<_>>()
+            ));
         }
-        for ((name, len), (got_name, values)) in expected.iter().zip(p.names.iter().zip(&p.values)) {
+        for ((name, len), (got_name, values)) in
+            expected.iter().zip(p.names.iter().zip(&p.values))
+        {
             if got_name != name || values.len() != *len {
                 return Err(format!(
                     "parameter `{got_name}` with {} values where `{name}` with {len} values is expected",
@@ -150,8 +215,13 @@ impl SavedModel {
                 return Err(format!("parameter `{name}` has a non-finite value"));
             }
         }
-        if self.kind == ModelKind::Gmm && !(self.sigma_base.is_finite() && self.sigma_base > 0.0) {
-            return Err(format!("`sigma_base` must be positive, got {}", self.sigma_base));
+        if self.kind == ModelKind::Gmm
+            && !(self.sigma_base.is_finite() && self.sigma_base > 0.0)
+        {
+            return Err(format!(
+                "`sigma_base` must be positive, got {}",
+                self.sigma_base
+            ));
         }
         Ok(())
     }
@@ -159,6 +229,15 @@ impl SavedModel {
     /// Builds the model this file describes.
     pub fn model(&self) -> CategoryModel {
         match self.kind {
+            ModelKind::Sigmoid if self.bins.is_some() => {
+                let bins = self.bins.as_deref().unwrap_or_default();
+                let axes: Vec<(usize, f64, f64)> = bins
+                    .iter()
+                    .zip(&self.ranges)
+                    .map(|(&b, r)| (b, r[0], r[1]))
+                    .collect();
+                CategoryModel::Grid(SigmoidGrid::new(&axes))
+            }
             ModelKind::Sigmoid => CategoryModel::Sigmoid(SigmoidCuts::new(
                 self.categories,
                 self.ranges[0][0],

@@ -1,9 +1,9 @@
 //! [`SigmoidCuts`]: K − 1 ordered boundaries on one discriminant, softened
 //! by sigmoids of a given steepness.
 
+use burn::tensor::Tensor;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
@@ -68,7 +68,8 @@ impl SigmoidCuts {
         let width = self.high - self.low;
         let mut previous = 0.0;
         let mut raw = Vec::with_capacity(cuts.len());
-        let last_share = 1.0 - (cuts.last().copied().unwrap_or(self.low) - self.low) / width;
+        let last_share =
+            1.0 - (cuts.last().copied().unwrap_or(self.low) - self.low) / width;
         for &cut in cuts {
             let u = (cut - self.low) / width;
             raw.push(((u - previous).max(1e-12) / last_share.max(1e-12)).ln());
@@ -90,7 +91,8 @@ impl SigmoidCuts {
         let padded = Tensor::cat(vec![raw.clone(), Tensor::zeros([1], &device)], 0);
         let unit = softmax(padded, 0).cumsum(0).slice([0..k - 1]);
         let cuts = unit.mul_scalar(self.high - self.low).add_scalar(self.low);
-        let z = (x.clone() - cuts.unsqueeze_dim::<2>(0)) * steepness.unsqueeze_dim::<2>(0);
+        let z =
+            (x.clone() - cuts.unsqueeze_dim::<2>(0)) * steepness.unsqueeze_dim::<2>(0);
         let above = super::logistic(z.clamp(-75.0, 75.0));
         let left = Tensor::cat(vec![Tensor::ones([n, 1], &device), above.clone()], 1);
         let right = Tensor::cat(vec![above, Tensor::zeros([n, 1], &device)], 1);

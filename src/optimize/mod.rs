@@ -6,4 +6,4 @@ mod train;
 
 pub use optimizer::Optimizer;
 pub use refine::SortedEvents;
-pub use train::{EpochRecord, TrainOutcome, Trainer};
+pub use train::{EpochRecord, FactorUpdate, TrainOutcome, Trainer};

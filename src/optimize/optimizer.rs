@@ -25,7 +25,8 @@ pub struct Optimizer {
 impl Optimizer {
     /// Fresh state for parameters shaped like `params`.
     pub fn new(kind: OptimizerKind, params: &Params) -> Optimizer {
-        let zeros: Vec<Vec<f64>> = params.values.iter().map(|v| vec![0.0; v.len()]).collect();
+        let zeros: Vec<Vec<f64>> =
+            params.values.iter().map(|v| vec![0.0; v.len()]).collect();
         Optimizer { kind, first: zeros.clone(), second: zeros, steps: 0 }
     }
 
@@ -51,7 +52,8 @@ impl Optimizer {
                         *m = BETA1 * *m + (1.0 - BETA1) * g;
                         let v = &mut self.second[tensor][i];
                         *v = BETA2 * *v + (1.0 - BETA2) * g * g;
-                        let rate = lr * (1.0 - BETA2.powi(t)).sqrt() / (1.0 - BETA1.powi(t));
+                        let rate =
+                            lr * (1.0 - BETA2.powi(t)).sqrt() / (1.0 - BETA1.powi(t));
                         *theta -= rate * *m / (v.sqrt() + EPSILON);
                     }
                 }
@@ -65,7 +67,11 @@ mod tests {
     use super::*;
 
     fn one(value: f64) -> Params {
-        Params { names: vec!["p".into()], shapes: vec![vec![1]], values: vec![vec![value]] }
+        Params {
+            names: vec!["p".into()],
+            shapes: vec![vec![1]],
+            values: vec![vec![value]],
+        }
     }
 
     #[test]

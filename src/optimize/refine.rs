@@ -40,7 +40,9 @@ impl SortedEvents {
                 let is_signal = pipeline.processes[p].role == Role::Signal;
                 range.clone().map(move |i| (i, is_signal))
             })
-            .map(|(i, is_signal)| (events.discriminants[0][i], events.weight[i], is_signal))
+            .map(|(i, is_signal)| {
+                (events.discriminants[0][i], events.weight[i], is_signal)
+            })
             .collect();
         order.sort_by(|a, b| a.0.total_cmp(&b.0));
         let n = order.len();
@@ -54,7 +56,8 @@ impl SortedEvents {
         for (i, (x, w, is_signal)) in order.into_iter().enumerate() {
             sorted.x.push(x);
             sorted.signal[i + 1] = sorted.signal[i] + if is_signal { w } else { 0.0 };
-            sorted.background[i + 1] = sorted.background[i] + if is_signal { 0.0 } else { w };
+            sorted.background[i + 1] =
+                sorted.background[i] + if is_signal { 0.0 } else { w };
         }
         Some(sorted)
     }
@@ -115,7 +118,8 @@ impl SortedEvents {
                 break;
             }
         }
-        let z2: f64 = edges.windows(2).map(|w| self.group_z2(w[0], w[1]).unwrap_or(0.0)).sum();
+        let z2: f64 =
+            edges.windows(2).map(|w| self.group_z2(w[0], w[1]).unwrap_or(0.0)).sum();
         z2.sqrt()
     }
 

@@ -38,7 +38,18 @@ fn write_pipeline(dir: &Path, extra_where: &str) -> std::path::PathBuf {
 fn cli_generate_run_and_apply() {
     let dir = tempfile::tempdir().unwrap();
     let out = gato(
-        &["generate", "toy-1d", "--out", "sample.parquet", "--seed", "9", "--signal", "3000", "--background", "9000"],
+        &[
+            "generate",
+            "toy-1d",
+            "--out",
+            "sample.parquet",
+            "--seed",
+            "9",
+            "--signal",
+            "3000",
+            "--background",
+            "9000",
+        ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -54,13 +65,18 @@ fn cli_generate_run_and_apply() {
     // The input is untouched.
     assert_eq!(std::fs::read(dir.path().join("sample.parquet")).unwrap(), input_bytes);
 
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap())
-            .unwrap();
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(summary["schema_version"], 1);
     let run = &summary["runs"][0];
-    let cuts: Vec<f64> =
-        run["boundaries"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let cuts: Vec<f64> = run["boundaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     assert_eq!(cuts.len(), 2);
 
     // Every input row and column, in order, plus `category`.
@@ -89,7 +105,11 @@ fn cli_generate_run_and_apply() {
         let category = column::<Int32Array>(batch, "category");
         for i in 0..batch.num_rows() {
             let x = score.value(i);
-            assert_eq!(x.to_bits(), input_scores[in_row].to_bits(), "row {in_row} changed");
+            assert_eq!(
+                x.to_bits(),
+                input_scores[in_row].to_bits(),
+                "row {in_row} changed"
+            );
             in_row += 1;
             if x <= 0.05 {
                 assert!(category.is_null(i), "rejected row {in_row} has a category");
@@ -128,7 +148,14 @@ fn cli_generate_run_and_apply() {
 
     // The saved model reproduces the run's categories with `gato apply`.
     let out = gato(
-        &["apply", "--model", "out/sigmoid_k3/model.json", "--out", "applied", "sample.parquet"],
+        &[
+            "apply",
+            "--model",
+            "out/sigmoid_k3/model.json",
+            "--out",
+            "applied",
+            "sample.parquet",
+        ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -145,7 +172,11 @@ fn cli_generate_run_and_apply() {
     for (row, (a, r)) in applied_categories.iter().zip(&run_categories).enumerate() {
         match r {
             Some(c) => assert_eq!(a, &Some(*c), "row {row}"),
-            None => assert_eq!(a, &Some(0), "row {row}: rejected by the selection, score ≤ 0.05"),
+            None => assert_eq!(
+                a,
+                &Some(0),
+                "row {row}: rejected by the selection, score ≤ 0.05"
+            ),
         }
     }
 
@@ -156,15 +187,20 @@ fn cli_generate_run_and_apply() {
     assert!(stderr.contains("pass --overwrite"), "{stderr}");
     let out = gato(&["-q", "run", "pipeline.yaml", "--overwrite"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let again: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap())
-            .unwrap();
+    let again: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(again["runs"][0]["table"], run["table"]);
     assert_eq!(again["runs"][0]["parameters"], run["parameters"]);
 
     // Overwriting with other K removes the earlier run directory.
     let text = std::fs::read_to_string(dir.path().join("pipeline.yaml")).unwrap();
-    std::fs::write(dir.path().join("pipeline.yaml"), text.replace("categories: [3]", "categories: [2]")).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        text.replace("categories: [3]", "categories: [2]"),
+    )
+    .unwrap();
     let out = gato(&["-q", "run", "pipeline.yaml", "--overwrite"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!dir.path().join("out/sigmoid_k3").exists());
@@ -174,31 +210,75 @@ fn cli_generate_run_and_apply() {
 #[test]
 fn cli_validate_rejects_unknown_discriminant() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gato(&["generate", "toy-1d", "--out", "sample.parquet", "--signal", "10", "--background", "100"], dir.path());
+    let out = gato(
+        &[
+            "generate",
+            "toy-1d",
+            "--out",
+            "sample.parquet",
+            "--signal",
+            "10",
+            "--background",
+            "100",
+        ],
+        dir.path(),
+    );
     assert!(out.status.success());
     let path = write_pipeline(dir.path(), "");
-    let text = std::fs::read_to_string(&path).unwrap().replace("discriminants: [score]", "discriminants: [scor]");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("discriminants: [score]", "discriminants: [scor]");
     std::fs::write(&path, text).unwrap();
     let out = gato(&["validate", "pipeline.yaml"], dir.path());
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("the query returns no column `scor`; it returns [score, weight]"), "{stderr}");
+    assert!(
+        stderr.contains("the query returns no column `scor`; it returns [score, weight]"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn cli_outputs_readable_by_others() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let out = gato(&["generate", "toy-1d", "--out", "sample.parquet", "--signal", "10", "--background", "100"], dir.path());
+    let out = gato(
+        &[
+            "generate",
+            "toy-1d",
+            "--out",
+            "sample.parquet",
+            "--signal",
+            "10",
+            "--background",
+            "100",
+        ],
+        dir.path(),
+    );
     assert!(out.status.success());
-    let mode = std::fs::metadata(dir.path().join("sample.parquet")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("sample.parquet"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o644);
 }
 
 #[test]
 fn cli_validate_reports_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gato(&["generate", "toy-1d", "--out", "sample.parquet", "--signal", "10", "--background", "100"], dir.path());
+    let out = gato(
+        &[
+            "generate",
+            "toy-1d",
+            "--out",
+            "sample.parquet",
+            "--signal",
+            "10",
+            "--background",
+            "100",
+        ],
+        dir.path(),
+    );
     assert!(out.status.success());
     write_pipeline(dir.path(), "");
     let out = gato(&["validate", "pipeline.yaml"], dir.path());
@@ -215,7 +295,18 @@ fn cli_same_result_any_thread_count() {
     for (i, seed) in ["1", "2", "3"].iter().enumerate() {
         let name = format!("part{i}.parquet");
         let out = gato(
-            &["generate", "toy-1d", "--out", &name, "--seed", seed, "--signal", "2000", "--background", "6000"],
+            &[
+                "generate",
+                "toy-1d",
+                "--out",
+                &name,
+                "--seed",
+                seed,
+                "--signal",
+                "2000",
+                "--background",
+                "6000",
+            ],
             dir.path(),
         );
         assert!(out.status.success());
@@ -239,15 +330,19 @@ fn cli_same_result_any_thread_count() {
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let summary: Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.path().join(&out_dir).join("summary.json")).unwrap(),
+            &std::fs::read_to_string(dir.path().join(&out_dir).join("summary.json"))
+                .unwrap(),
         )
         .unwrap();
         let categories: Vec<Vec<Option<i32>>> = (0..3)
             .map(|i| {
-                let path = dir.path().join(&out_dir).join(format!("gmm_k3/part{i}.parquet"));
+                let path =
+                    dir.path().join(&out_dir).join(format!("gmm_k3/part{i}.parquet"));
                 read_parquet(&path)
                     .iter()
-                    .flat_map(|b| column::<Int32Array>(b, "category").iter().collect::<Vec<_>>())
+                    .flat_map(|b| {
+                        column::<Int32Array>(b, "category").iter().collect::<Vec<_>>()
+                    })
                     .collect()
             })
             .collect();
@@ -262,10 +357,13 @@ fn cli_same_result_any_thread_count() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for i in 0..3 {
-        let applied: Vec<Option<i32>> = read_parquet(&dir.path().join(format!("applied/part{i}.parquet")))
-            .iter()
-            .flat_map(|b| column::<Int32Array>(b, "category").iter().collect::<Vec<_>>())
-            .collect();
+        let applied: Vec<Option<i32>> =
+            read_parquet(&dir.path().join(format!("applied/part{i}.parquet")))
+                .iter()
+                .flat_map(|b| {
+                    column::<Int32Array>(b, "category").iter().collect::<Vec<_>>()
+                })
+                .collect();
         for (row, (a, r)) in applied.iter().zip(&results[0].1[i]).enumerate() {
             if r.is_some() {
                 assert_eq!(a, r, "part{i} row {row}");
@@ -276,14 +374,29 @@ fn cli_same_result_any_thread_count() {
     let (a, b) = (&results[0], &results[1]);
     assert_eq!(a.0["runs"][0]["table"], b.0["runs"][0]["table"]);
     assert_eq!(a.0["runs"][0]["parameters"], b.0["runs"][0]["parameters"]);
-    assert_eq!(a.0["runs"][0]["restarts"][1]["hard_z"], b.0["runs"][0]["restarts"][1]["hard_z"]);
+    assert_eq!(
+        a.0["runs"][0]["restarts"][1]["hard_z"],
+        b.0["runs"][0]["restarts"][1]["hard_z"]
+    );
     assert_eq!(a.1, b.1);
 }
 
 #[test]
 fn cli_apply_rejects_other_version_and_missing_column() {
     let dir = tempfile::tempdir().unwrap();
-    let out = gato(&["generate", "toy-1d", "--out", "sample.parquet", "--signal", "300", "--background", "900"], dir.path());
+    let out = gato(
+        &[
+            "generate",
+            "toy-1d",
+            "--out",
+            "sample.parquet",
+            "--signal",
+            "300",
+            "--background",
+            "900",
+        ],
+        dir.path(),
+    );
     assert!(out.status.success());
     write_pipeline(dir.path(), "");
     let out = gato(&["-q", "run", "pipeline.yaml"], dir.path());
@@ -291,8 +404,15 @@ fn cli_apply_rejects_other_version_and_missing_column() {
     let model_path = dir.path().join("out/sigmoid_k3/model.json");
     let text = std::fs::read_to_string(&model_path).unwrap();
 
-    std::fs::write(dir.path().join("v2.json"), text.replace("\"version\": 1", "\"version\": 2")).unwrap();
-    let out = gato(&["apply", "--model", "v2.json", "--out", "a", "sample.parquet"], dir.path());
+    std::fs::write(
+        dir.path().join("v2.json"),
+        text.replace("\"version\": 1", "\"version\": 2"),
+    )
+    .unwrap();
+    let out = gato(
+        &["apply", "--model", "v2.json", "--out", "a", "sample.parquet"],
+        dir.path(),
+    );
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
@@ -302,7 +422,10 @@ fn cli_apply_rejects_other_version_and_missing_column() {
 
     let renamed = text.replace("\"score\"", "\"nn_score\"");
     std::fs::write(dir.path().join("renamed.json"), renamed).unwrap();
-    let out = gato(&["apply", "--model", "renamed.json", "--out", "a", "sample.parquet"], dir.path());
+    let out = gato(
+        &["apply", "--model", "renamed.json", "--out", "a", "sample.parquet"],
+        dir.path(),
+    );
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),

@@ -24,8 +24,10 @@ pub fn pipeline(text: &str) -> Pipeline {
 /// Runs the selection of `pipeline` on a fresh runtime.
 pub fn select_events(pipeline: &Pipeline) -> (Sources, Events) {
     let sources = Sources::open(pipeline).unwrap_or_else(|e| panic!("{e}"));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let events = runtime.block_on(select(pipeline, &sources)).unwrap_or_else(|e| panic!("{e}"));
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let events =
+        runtime.block_on(select(pipeline, &sources)).unwrap_or_else(|e| panic!("{e}"));
     (sources, events)
 }
 
@@ -34,13 +36,17 @@ pub fn toy_1d_processes(source: &str) -> String {
     let mut out = String::from("processes:\n");
     out.push_str(&format!("  - {{ name: signal, role: signal, source: {source} }}\n"));
     for b in ["bkg1", "bkg2", "bkg3", "bkg4", "bkg5"] {
-        out.push_str(&format!("  - {{ name: {b}, role: background, source: {source} }}\n"));
+        out.push_str(&format!(
+            "  - {{ name: {b}, role: background, source: {source} }}\n"
+        ));
     }
     out
 }
 
 /// Reads every row of a Parquet file as record batches.
-pub fn read_parquet(path: &Path) -> Vec<gato::datafusion::arrow::record_batch::RecordBatch> {
+pub fn read_parquet(
+    path: &Path,
+) -> Vec<gato::datafusion::arrow::record_batch::RecordBatch> {
     use gato::datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let file = std::fs::File::open(path).unwrap();
     ParquetRecordBatchReaderBuilder::try_new(file)

@@ -37,7 +37,8 @@ fn select_error(text: &str) -> String {
         Ok(s) => s,
         Err(e) => return e.to_string(),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(gato::select::select(&pipeline, &sources)).unwrap_err().to_string()
 }
 
@@ -64,7 +65,8 @@ fn write_parquet(path: &Path, process: &[&str], score: &[f64], weight: &[f64]) {
         Arc::new(Float64Array::from(weight.to_vec())),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
-    let mut writer = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 }
@@ -82,7 +84,9 @@ fn error_unknown_key_gives_line_and_column() {
     let text = BASE.replace("  kind: sigmoid\n", "  kind: sigmoid\n  steepnes: 3\n");
     let err = config_error(&text);
     assert!(
-        err.starts_with("p.yaml: invalid pipeline: line 13 column 3: unknown field `steepnes`"),
+        err.starts_with(
+            "p.yaml: invalid pipeline: line 13 column 3: unknown field `steepnes`"
+        ),
         "{err}"
     );
 }
@@ -97,13 +101,19 @@ fn error_wrong_type_gives_line_and_column() {
 #[test]
 fn error_negative_epochs() {
     let err = config_error(&format!("{BASE}training:\n  epochs: -5\n"));
-    assert!(err.starts_with("p.yaml: invalid pipeline: line 15 column 11: invalid"), "{err}");
+    assert!(
+        err.starts_with("p.yaml: invalid pipeline: line 15 column 11: invalid"),
+        "{err}"
+    );
 }
 
 #[test]
 fn error_too_few_categories() {
     let err = config_error(&BASE.replace("categories: [3]", "categories: [3, 1]"));
-    assert_eq!(err, "p.yaml:13:15: model.categories: every number of categories must be at least 2, got 1");
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: every number of categories must be at least 2, got 1"
+    );
 }
 
 #[test]
@@ -130,9 +140,15 @@ fn error_no_signal_process() {
 
 #[test]
 fn error_steepness_not_positive() {
-    let text = BASE.replace("  categories: [3]\n", "  categories: [3]\n  steepness: { initial: 0 }\n");
+    let text = BASE.replace(
+        "  categories: [3]\n",
+        "  categories: [3]\n  steepness: { initial: 0 }\n",
+    );
     let err = config_error(&text);
-    assert_eq!(err, "p.yaml:14:14: model.steepness: `initial` must be finite and positive, got 0");
+    assert_eq!(
+        err,
+        "p.yaml:14:14: model.steepness: `initial` must be finite and positive, got 0"
+    );
 }
 
 #[test]
@@ -149,14 +165,20 @@ fn error_learning_rate_rising() {
 
 #[test]
 fn error_empty_range() {
-    let text = BASE.replace("  categories: [3]\n", "  categories: [3]\n  range: [1.0, 1.0]\n");
+    let text =
+        BASE.replace("  categories: [3]\n", "  categories: [3]\n  range: [1.0, 1.0]\n");
     let err = config_error(&text);
-    assert_eq!(err, "p.yaml:14:10: model.range: must be [low, high] with finite low < high, got [1, 1]");
+    assert_eq!(
+        err,
+        "p.yaml:14:10: model.range: must be [low, high] with finite low < high, got [1, 1]"
+    );
 }
 
 #[test]
 fn error_unknown_source() {
-    let err = config_error(&BASE.replace("role: signal, source: toy", "role: signal, source: mc"));
+    let err = config_error(
+        &BASE.replace("role: signal, source: toy", "role: signal, source: mc"),
+    );
     assert_eq!(
         err,
         "p.yaml:6:5: processes.source: process `signal` refers to source `mc`, which is not \
@@ -166,7 +188,10 @@ fn error_unknown_source() {
 
 #[test]
 fn error_missing_input_file() {
-    let err = config_error(&write_file_pipeline(Path::new("/nonexistent/x.parquet"), "SELECT 1"));
+    let err = config_error(&write_file_pipeline(
+        Path::new("/nonexistent/x.parquet"),
+        "SELECT 1",
+    ));
     assert_eq!(
         err,
         "p.yaml: sources.mc: input file /nonexistent/x.parquet not found; check the path \
@@ -176,8 +201,14 @@ fn error_missing_input_file() {
 
 #[test]
 fn error_glob_matches_nothing() {
-    let err = config_error(&write_file_pipeline(Path::new("/nonexistent/*.parquet"), "SELECT 1"));
-    assert_eq!(err, "p.yaml: sources.mc: glob pattern /nonexistent/*.parquet matches no file");
+    let err = config_error(&write_file_pipeline(
+        Path::new("/nonexistent/*.parquet"),
+        "SELECT 1",
+    ));
+    assert_eq!(
+        err,
+        "p.yaml: sources.mc: glob pattern /nonexistent/*.parquet matches no file"
+    );
 }
 
 #[test]
@@ -185,8 +216,15 @@ fn error_file_not_parquet() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.parquet");
     std::fs::write(&path, "process,score,weight\nsignal,0.5,1\n").unwrap();
-    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
-    assert!(err.starts_with(&format!("input {}: not a readable Parquet file", path.display())), "{err}");
+    let err =
+        select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
+    assert!(
+        err.starts_with(&format!(
+            "input {}: not a readable Parquet file",
+            path.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -194,8 +232,15 @@ fn error_truncated_parquet() {
     let (_dir, path) = two_event_file();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
-    assert!(err.starts_with(&format!("input {}: not a readable Parquet file", path.display())), "{err}");
+    let err =
+        select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
+    assert!(
+        err.starts_with(&format!(
+            "input {}: not a readable Parquet file",
+            path.display()
+        )),
+        "{err}"
+    );
 }
 
 #[test]
@@ -216,7 +261,8 @@ fn error_missing_process_column_lists_columns() {
 #[test]
 fn error_sql_unknown_column_shows_datafusion_message() {
     let (_dir, path) = two_event_file();
-    let err = select_error(&write_file_pipeline(&path, "SELECT scor, weight FROM events"));
+    let err =
+        select_error(&write_file_pipeline(&path, "SELECT scor, weight FROM events"));
     assert!(err.starts_with("selection: the SQL failed to plan:"), "{err}");
     assert!(err.contains("scor"), "{err}");
     assert!(err.contains("its columns are [score, weight, process]"), "{err}");
@@ -225,8 +271,12 @@ fn error_sql_unknown_column_shows_datafusion_message() {
 #[test]
 fn error_sql_syntax() {
     let (_dir, path) = two_event_file();
-    let err = select_error(&write_file_pipeline(&path, "SELEC score, weight FROM events"));
-    assert!(err.starts_with("selection: the SQL failed to plan: SQL error: ParserError"), "{err}");
+    let err =
+        select_error(&write_file_pipeline(&path, "SELEC score, weight FROM events"));
+    assert!(
+        err.starts_with("selection: the SQL failed to plan: SQL error: ParserError"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -243,16 +293,21 @@ fn error_selection_lacks_discriminant() {
 #[test]
 fn error_aggregating_selection() {
     let (_dir, path) = two_event_file();
-    let sql = "SELECT max(score) AS score, sum(weight) AS weight FROM events GROUP BY process";
+    let sql =
+        "SELECT max(score) AS score, sum(weight) AS weight FROM events GROUP BY process";
     let err = select_error(&write_file_pipeline(&path, sql));
-    assert!(err.starts_with("selection: the query cannot be used as a selection:"), "{err}");
+    assert!(
+        err.starts_with("selection: the query cannot be used as a selection:"),
+        "{err}"
+    );
     assert!(err.contains("one row per event"), "{err}");
 }
 
 #[test]
 fn error_selection_repeats_events() {
     let (_dir, path) = two_event_file();
-    let sql = "SELECT score, weight FROM events UNION ALL SELECT score, weight FROM events";
+    let sql =
+        "SELECT score, weight FROM events UNION ALL SELECT score, weight FROM events";
     let err = select_error(&write_file_pipeline(&path, sql));
     assert_eq!(
         err,
@@ -279,8 +334,14 @@ fn error_empty_input_path() {
 fn error_total_background_not_positive() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.parquet");
-    write_parquet(&path, &["signal", "bkg1", "bkg1"], &[0.5, 0.2, 0.3], &[1.0, 1.0, -1.0]);
-    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
+    write_parquet(
+        &path,
+        &["signal", "bkg1", "bkg1"],
+        &[0.5, 0.2, 0.3],
+        &[1.0, 1.0, -1.0],
+    );
+    let err =
+        select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
     assert_eq!(
         err,
         "selection: the total background yield after the selection is 0, but it must be \
@@ -291,8 +352,14 @@ fn error_total_background_not_positive() {
 #[test]
 fn error_reserved_column_name() {
     let (_dir, path) = two_event_file();
-    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight, 5 AS _gato_row FROM events"));
-    assert!(err.contains("the output column `_gato_row` uses the prefix `_gato_`"), "{err}");
+    let err = select_error(&write_file_pipeline(
+        &path,
+        "SELECT score, weight, 5 AS _gato_row FROM events",
+    ));
+    assert!(
+        err.contains("the output column `_gato_row` uses the prefix `_gato_`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -325,17 +392,29 @@ fn error_same_file_two_spellings() {
         &format!("files: [\"{}\", \"{}\"]", path.display(), other.display()),
     );
     let err = config_error(&text);
-    assert_eq!(err, format!("p.yaml: sources.mc: file {} is listed twice", other.display()));
+    assert_eq!(
+        err,
+        format!("p.yaml: sources.mc: file {} is listed twice", other.display())
+    );
 }
 
 #[test]
 fn error_repeated_and_huge_categories() {
     let err = config_error(&BASE.replace("categories: [3]", "categories: [3, 3]"));
-    assert_eq!(err, "p.yaml:13:15: model.categories: K = 3 is listed twice; list each number of categories once");
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: K = 3 is listed twice; list each number of categories once"
+    );
     let err = config_error(&BASE.replace("categories: [3]", "categories: [100000]"));
-    assert_eq!(err, "p.yaml:13:15: model.categories: every number of categories must be at most 1000, got 100000");
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: every number of categories must be at most 1000, got 100000"
+    );
     let err = config_error(&format!("{BASE}training:\n  epochs: 10000000000\n"));
-    assert_eq!(err, "p.yaml: training.epochs: must be between 1 and 1000000, got 10000000000");
+    assert_eq!(
+        err,
+        "p.yaml: training.epochs: must be between 1 and 1000000, got 10000000000"
+    );
     let err = config_error(&format!("{BASE}evaluation:\n  dp_bins: 2\n"));
     assert_eq!(
         err,
@@ -346,7 +425,10 @@ fn error_repeated_and_huge_categories() {
 #[test]
 fn error_process_without_events() {
     let (_dir, path) = two_event_file();
-    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events WHERE score > 0.3"));
+    let err = select_error(&write_file_pipeline(
+        &path,
+        "SELECT score, weight FROM events WHERE score > 0.3",
+    ));
     assert_eq!(
         err,
         "selection: process `bkg1` has no events after the selection; check its input and the \
@@ -364,7 +446,8 @@ fn error_non_finite_values_counted_per_process() {
         &[0.5, f64::NAN, 0.2, 0.3],
         &[1.0, 1.0, f64::INFINITY, 1.0],
     );
-    let err = select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
+    let err =
+        select_error(&write_file_pipeline(&path, "SELECT score, weight FROM events"));
     assert_eq!(
         err,
         "selection: 2 selected events have NaN, ±inf or null in [score] or `weight` (signal: 1, \
@@ -382,8 +465,10 @@ fn non_finite_drop_keeps_finite_events() {
         &[0.5, f64::NAN, 0.2, 0.3],
         &[1.0, 1.0, f64::INFINITY, 2.0],
     );
-    let text = write_file_pipeline(&path, "SELECT score, weight FROM events")
-        .replace("  discriminants: [score]\n", "  discriminants: [score]\n  non_finite: drop\n");
+    let text = write_file_pipeline(&path, "SELECT score, weight FROM events").replace(
+        "  discriminants: [score]\n",
+        "  discriminants: [score]\n  non_finite: drop\n",
+    );
     let pipeline = crate::common::pipeline(&text);
     let (_, events) = crate::common::select_events(&pipeline);
     assert_eq!(events.discriminants[0], [0.5, 0.3]);

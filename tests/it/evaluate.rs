@@ -23,8 +23,9 @@ fn small_toy(significance: &str) -> (Pipeline, Events) {
 }
 
 fn z_of_cuts(pipeline: &Pipeline, events: &Events, cuts: &[f64]) -> f64 {
-    let assign: Vec<u32> = events.discriminants[0].iter().map(|&x| category_of(cuts, x)).collect();
-    evaluate(pipeline, events, &assign, cuts.len() + 1, None).z
+    let assign: Vec<u32> =
+        events.discriminants[0].iter().map(|&x| category_of(cuts, x)).collect();
+    evaluate(pipeline, events, &assign, cuts.len() + 1, None, None).z
 }
 
 #[test]
@@ -40,7 +41,11 @@ fn dp_matches_brute_force_partitions() {
                 best = best.max(z_of_cuts(&pipeline, &events, &cuts));
             }
         }
-        assert!((dp.z - best).abs() < 1e-12, "{significance}: DP {} vs brute force {best}", dp.z);
+        assert!(
+            (dp.z - best).abs() < 1e-12,
+            "{significance}: DP {} vs brute force {best}",
+            dp.z
+        );
         let dp_cuts = &dp.edges[1..3];
         assert!((z_of_cuts(&pipeline, &events, dp_cuts) - dp.z).abs() < 1e-12);
     }
@@ -51,10 +56,18 @@ fn dp_respects_minimum_background() {
     let (mut pipeline, events) = small_toy("asimov");
     pipeline.objective.low_background = Some((2000.0, 1.0));
     let dp = dp_optimum(&pipeline, &events, 3, 50).unwrap();
-    let assign: Vec<u32> = events.discriminants[0].iter().map(|&x| category_of(&dp.edges[1..3], x)).collect();
-    let table = evaluate(&pipeline, &events, &assign, 3, None);
+    let assign: Vec<u32> = events.discriminants[0]
+        .iter()
+        .map(|&x| category_of(&dp.edges[1..3], x))
+        .collect();
+    let table = evaluate(&pipeline, &events, &assign, 3, None, None);
     for row in &table.categories {
-        assert!(row.background >= 2000.0, "category {} has background {}", row.category, row.background);
+        assert!(
+            row.background >= 2000.0,
+            "category {} has background {}",
+            row.category,
+            row.background
+        );
     }
 }
 
@@ -92,19 +105,27 @@ fn refine_two_cuts_is_locally_optimal() {
             trial[moving] = 0.5 * (w[0] + w[1]);
             if trial[0] < trial[1] {
                 let other = z_of_cuts(&pipeline, &events, &trial);
-                assert!(other <= z + 1e-12, "moving cut {moving} to {} gives {other} > {z}", trial[moving]);
+                assert!(
+                    other <= z + 1e-12,
+                    "moving cut {moving} to {} gives {other} > {z}",
+                    trial[moving]
+                );
             }
         }
     }
 }
 
-fn objective_with(rule: gato::config::CombineRule, weights: Vec<f64>) -> gato::config::ObjectiveSpec {
+fn objective_with(
+    rule: gato::config::CombineRule,
+    weights: Vec<f64>,
+) -> gato::config::ObjectiveSpec {
     gato::config::ObjectiveSpec {
         significance: gato::config::SignificanceKind::Asimov,
         low_background: None,
         mc_uncertainty: None,
         combine: rule,
         signal_weights: weights,
+        reweight: None,
     }
 }
 
@@ -116,7 +137,10 @@ fn combine_rules_hand_values() {
     assert_eq!(combine_signals(&objective_with(Geometric, vec![1.0, 1.0]), &z), 2.0);
     assert_eq!(combine_signals(&objective_with(Arithmetic, vec![1.0, 1.0]), &z), 2.5);
     assert_eq!(combine_signals(&objective_with(Minimum, vec![1.0, 1.0]), &z), 1.0);
-    assert_eq!(combine_signals(&objective_with(Quadrature, vec![1.0, 4.0]), &z), 20f64.sqrt());
+    assert_eq!(
+        combine_signals(&objective_with(Quadrature, vec![1.0, 4.0]), &z),
+        20f64.sqrt()
+    );
     assert_eq!(combine_signals(&objective_with(Geometric, vec![1.0]), &[3.0]), 3.0);
 }
 
@@ -134,7 +158,8 @@ fn combine_rules_on_tensors_agree() {
         processes.push_str(&format!("  - {{ name: {s}, role: signal, source: toy }}\n"));
     }
     for b in ["bkg1", "bkg2", "bkg3", "bkg4", "bkg5"] {
-        processes.push_str(&format!("  - {{ name: {b}, role: background, source: toy }}\n"));
+        processes
+            .push_str(&format!("  - {{ name: {b}, role: background, source: toy }}\n"));
     }
     let text = format!(
         "name: c\nsources:\n  toy:\n    generator: {{ kind: three-class, signal: 500, background: 2000 }}\n\
@@ -146,24 +171,45 @@ fn combine_rules_on_tensors_agree() {
     let (_, events) = select_events(&pipeline);
     let device = Default::default();
     let tensors = EventTensors::<B>::new(&events, &pipeline, &device);
-    let model = GaussianMixture::new(3, vec![(0.0, 1.0); 2], true, None, gato::config::GmmInit::Random);
+    let model = GaussianMixture::new(
+        3,
+        vec![(0.0, 1.0); 2],
+        true,
+        None,
+        gato::config::GmmInit::Random,
+    );
     let params = Params {
         names: vec!["logits".into(), "means".into(), "scale".into()],
         shapes: vec![vec![3], vec![3, 2], vec![3, 2, 2]],
-        values: vec![vec![0.1, 0.0, -0.1], vec![2.0, -1.0, -1.0, 2.0, 0.0, 0.0], vec![0.0; 12]],
+        values: vec![
+            vec![0.1, 0.0, -0.1],
+            vec![2.0, -1.0, -1.0, 2.0, 0.0, 0.0],
+            vec![0.0; 12],
+        ],
     };
     let soft = |rule, weights: Vec<f64>| -> f64 {
         let ts: Vec<_> = params.values.iter().map(|v| tensor1::<B>(v, &device)).collect();
         let m = model.membership(&tensors.columns, &ts, tensor1::<B>(&[0.5], &device));
-        to_host(Objective::new(objective_with(rule, weights)).compute(m, &tensors).significance)[0]
+        to_host(
+            Objective::new(objective_with(rule, weights))
+                .compute(m, &tensors, None)
+                .significance,
+        )[0]
     };
-    let (geometric, arithmetic) = (soft(Geometric, vec![1.0, 1.0]), soft(Arithmetic, vec![1.0, 1.0]));
+    let (geometric, arithmetic) =
+        (soft(Geometric, vec![1.0, 1.0]), soft(Arithmetic, vec![1.0, 1.0]));
     // Z1 and Z2 are the roots of t² − (Z1 + Z2)t + Z1·Z2.
     let (sum, product) = (2.0 * arithmetic, geometric * geometric);
     let root = (sum * sum / 4.0 - product).max(0.0).sqrt();
     let (high, low) = (sum / 2.0 + root, sum / 2.0 - root);
     assert!((soft(Minimum, vec![1.0, 1.0]) - low).abs() < 1e-9 * high);
     let quadrature = soft(Quadrature, vec![2.0, 3.0]);
-    let candidates = [(2.0 * high * high + 3.0 * low * low).sqrt(), (2.0 * low * low + 3.0 * high * high).sqrt()];
-    assert!(candidates.iter().any(|c| (quadrature - c).abs() < 1e-9 * c), "{quadrature} vs {candidates:?}");
+    let candidates = [
+        (2.0 * high * high + 3.0 * low * low).sqrt(),
+        (2.0 * low * low + 3.0 * high * high).sqrt(),
+    ];
+    assert!(
+        candidates.iter().any(|c| (quadrature - c).abs() < 1e-9 * c),
+        "{quadrature} vs {candidates:?}"
+    );
 }

@@ -22,8 +22,10 @@ fn pipeline_text() -> String {
 
 /// Checks that summary.json lists only whole Parquet files of `rows` rows.
 fn assert_outputs_whole(dir: &Path, rows: usize) {
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap()).unwrap();
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
     for run in summary["runs"].as_array().unwrap() {
         for output in run["outputs"].as_array().unwrap() {
             let path = dir.join(output["output"].as_str().unwrap());
@@ -37,7 +39,16 @@ fn assert_outputs_whole(dir: &Path, rows: usize) {
 fn kill_during_run_keeps_last_outputs() {
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new(gato_bin())
-        .args(["generate", "toy-1d", "--out", "sample.parquet", "--signal", "20000", "--background", "60000"])
+        .args([
+            "generate",
+            "toy-1d",
+            "--out",
+            "sample.parquet",
+            "--signal",
+            "20000",
+            "--background",
+            "60000",
+        ])
         .current_dir(dir.path())
         .status()
         .unwrap();
@@ -52,8 +63,10 @@ fn kill_during_run_keeps_last_outputs() {
         .unwrap();
     assert!(status.success());
     let summary = || -> Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap())
-            .unwrap()
+        serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+        )
+        .unwrap()
     };
     let first = summary();
 
@@ -69,13 +82,20 @@ fn kill_during_run_keeps_last_outputs() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         child.wait().unwrap();
-        assert_eq!(std::fs::read(dir.path().join("sample.parquet")).unwrap(), input, "input changed");
+        assert_eq!(
+            std::fs::read(dir.path().join("sample.parquet")).unwrap(),
+            input,
+            "input changed"
+        );
         assert_outputs_whole(dir.path(), 80_000);
         // Whether the killed run finished or not, the summary describes a
         // complete run, and the same pipeline gives the same categories.
         let now = summary();
         for k in 0..2 {
-            assert_eq!(now["runs"][k]["table"], first["runs"][k]["table"], "after {delay_ms} ms");
+            assert_eq!(
+                now["runs"][k]["table"], first["runs"][k]["table"],
+                "after {delay_ms} ms"
+            );
             assert_eq!(now["runs"][k]["parameters"], first["runs"][k]["parameters"]);
         }
     }

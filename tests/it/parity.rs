@@ -12,8 +12,11 @@ use gato::run::{RunOptions, run_pipeline};
 use crate::common::reference;
 
 /// (K, gato-hep sigmoid, gato-hep GMM, DP optimum on 1000 bins).
-const GATO_HEP: [(usize, f64, f64, f64); 3] =
-    [(3, 1.4701, 1.4593, 1.4780), (5, 1.6530, 1.5591, 1.6555), (10, 1.6988, 1.6444, 1.7058)];
+const GATO_HEP: [(usize, f64, f64, f64); 3] = [
+    (3, 1.4701, 1.4593, 1.4780),
+    (5, 1.6530, 1.5591, 1.6555),
+    (10, 1.6988, 1.6444, 1.7058),
+];
 
 fn run(pipeline_file: &str) -> gato::report::Summary {
     // SAFETY: the parity tests are the only ones that read GATO_INPUT.
@@ -21,8 +24,13 @@ fn run(pipeline_file: &str) -> gato::report::Summary {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(pipeline_file);
     let pipeline = gato::config::Pipeline::load(&path).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let options = RunOptions { output: Some(out.path().to_path_buf()), print: true, ..Default::default() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let options = RunOptions {
+        output: Some(out.path().to_path_buf()),
+        print: true,
+        ..Default::default()
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     runtime.block_on(run_pipeline(&pipeline, &options)).unwrap()
 }
 
@@ -34,9 +42,15 @@ fn reference_parity_sigmoid() {
         assert_eq!(run.categories, k);
         let z = run.table.z;
         let dp = run.dp_optimum.as_ref().unwrap().optimum.z;
-        assert!((dp - optimum).abs() < 1e-3, "K = {k}: DP optimum {dp} vs gato-hep's {optimum}");
+        assert!(
+            (dp - optimum).abs() < 1e-3,
+            "K = {k}: DP optimum {dp} vs gato-hep's {optimum}"
+        );
         assert!(z >= sigmoid, "K = {k}: sigmoid Z {z} below gato-hep's {sigmoid}");
-        assert!(z >= 0.995 * dp, "K = {k}: sigmoid Z {z} more than 0.5 % below the DP {dp}");
+        assert!(
+            z >= 0.995 * dp,
+            "K = {k}: sigmoid Z {z} more than 0.5 % below the DP {dp}"
+        );
     }
 }
 

@@ -107,7 +107,8 @@ fn brute_force(bins: &[(f64, f64)], k: usize, start: usize, acc: f64) -> Option<
     }
     let mut best: Option<f64> = None;
     for end in start + 1..=n - (k - 1) {
-        let (s, b) = bins[start..end].iter().fold((0.0, 0.0), |a, x| (a.0 + x.0, a.1 + x.1));
+        let (s, b) =
+            bins[start..end].iter().fold((0.0, 0.0), |a, x| (a.0 + x.0, a.1 + x.1));
         if b <= 0.0 {
             continue;
         }

@@ -63,7 +63,8 @@ fn load_3class() -> (Pipeline, Events) {
         processes.push_str(&format!("  - {{ name: {s}, role: signal, source: mc }}\n"));
     }
     for b in ["bkg1", "bkg2", "bkg3", "bkg4", "bkg5"] {
-        processes.push_str(&format!("  - {{ name: {b}, role: background, source: mc }}\n"));
+        processes
+            .push_str(&format!("  - {{ name: {b}, role: background, source: mc }}\n"));
     }
     let text = format!(
         "name: ref3\nsources:\n  mc:\n    files: [\"{}\"]\n    process_column: process\n{processes}\
@@ -83,7 +84,10 @@ fn assert_gradient(case: &str, name: &str, got: &[f64], want: &[f64], scale: f64
     assert_eq!(got.len(), want.len(), "{case} {name}: length");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let error = (g - w).abs() / scale;
-        assert!(error < 1e-3, "{case} {name}[{i}]: gato {g:e}, gato-hep {w:e}, error {error:e}");
+        assert!(
+            error < 1e-3,
+            "{case} {name}[{i}]: gato {g:e}, gato-hep {w:e}, error {error:e}"
+        );
     }
 }
 
@@ -98,7 +102,9 @@ fn assert_finite_difference(
     let direction: Vec<Vec<f64>> = values
         .iter()
         .enumerate()
-        .map(|(t, v)| (0..v.len()).map(|i| ((7 * t + 3 * i) % 5) as f64 / 4.0 - 0.5).collect())
+        .map(|(t, v)| {
+            (0..v.len()).map(|i| ((7 * t + 3 * i) % 5) as f64 / 4.0 - 0.5).collect()
+        })
         .collect();
     let shifted = |sign: f64| -> Vec<Vec<f64>> {
         values
@@ -108,7 +114,12 @@ fn assert_finite_difference(
             .collect()
     };
     let numeric = (z_at(&shifted(1.0)) - z_at(&shifted(-1.0))) / (2.0 * h);
-    let analytic: f64 = gradient.iter().flatten().zip(direction.iter().flatten()).map(|(g, d)| g * d).sum();
+    let analytic: f64 = gradient
+        .iter()
+        .flatten()
+        .zip(direction.iter().flatten())
+        .map(|(g, d)| g * d)
+        .sum();
     let scale = gradient.iter().flatten().fold(0.0f64, |a, b| a.max(b.abs()));
     assert!(
         (numeric - analytic).abs() < 1e-6 * scale,
@@ -118,7 +129,10 @@ fn assert_finite_difference(
 
 fn assert_value(case: &str, got: f64, want: f64) {
     let error = (got - want).abs() / want.abs();
-    assert!(error < 5e-4, "{case}: soft Z gato {got}, gato-hep {want}, relative error {error:e}");
+    assert!(
+        error < 5e-4,
+        "{case}: soft Z gato {got}, gato-hep {want}, relative error {error:e}"
+    );
 }
 
 /// gato-hep's per-category Z rule in plain float64.
@@ -131,7 +145,12 @@ fn z_gato(s: f64, b: f64) -> f64 {
 /// Soft significance by plain loops: `membership(i)` gives event i's K
 /// memberships. Signals each count the others as background; several
 /// signals combine by the geometric mean.
-fn direct_soft_z(pipeline: &Pipeline, events: &Events, k: usize, membership: &dyn Fn(usize) -> Vec<f64>) -> f64 {
+fn direct_soft_z(
+    pipeline: &Pipeline,
+    events: &Events,
+    k: usize,
+    membership: &dyn Fn(usize) -> Vec<f64>,
+) -> f64 {
     let signals = pipeline.signal_indices();
     let mut yields = vec![vec![0.0f64; k]; pipeline.processes.len()];
     for (p, range) in events.process_ranges.iter().enumerate() {
@@ -162,7 +181,12 @@ fn assert_direct(case: &str, got: f64, direct: f64) {
 }
 
 /// Plain float64 GMM membership of one event: softmax((ln π + ln N) / T).
-fn direct_gmm_membership(model: &GaussianMixture, params: &Params, x: &[f64], t: f64) -> Vec<f64> {
+fn direct_gmm_membership(
+    model: &GaussianMixture,
+    params: &Params,
+    x: &[f64],
+    t: f64,
+) -> Vec<f64> {
     let (means, tril) = model.effective(params);
     let logits = params.get("logits");
     let log_total = logits.iter().map(|l| l.exp()).sum::<f64>().ln();
@@ -181,7 +205,9 @@ fn direct_gmm_membership(model: &GaussianMixture, params: &Params, x: &[f64], t:
                 quad += y[i] * y[i];
                 log_det += tril[c][i][i].ln();
             }
-            let log_n = -0.5 * quad - log_det - 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
+            let log_n = -0.5 * quad
+                - log_det
+                - 0.5 * d as f64 * (2.0 * std::f64::consts::PI).ln();
             (log_n + logits[c] - log_total) / t
         })
         .collect();
@@ -203,7 +229,11 @@ fn reference_sigmoid_forward_and_gradient() {
         let k = c["params"]["k"].as_f64().unwrap();
         let model = SigmoidCuts::new(5, 0.0, 1.0);
 
-        let params = Params { names: vec!["raw".into()], shapes: vec![vec![4]], values: vec![raw.clone()] };
+        let params = Params {
+            names: vec!["raw".into()],
+            shapes: vec![vec![4]],
+            values: vec![raw.clone()],
+        };
         let want_cuts = floats(&c["boundaries"]);
         for (g, w) in model.boundaries(&params).iter().zip(&want_cuts) {
             assert!((g - w).abs() < 1e-6, "{case}: boundary {g} vs {w}");
@@ -212,7 +242,7 @@ fn reference_sigmoid_forward_and_gradient() {
         let raw_t = tensor1::<B>(&raw, &device).require_grad();
         let k_t = tensor1::<B>(&[k], &device).require_grad();
         let m = model.membership(&tensors.columns[0], &raw_t, k_t.clone());
-        let z = objective.compute(m, &tensors).significance;
+        let z = objective.compute(m, &tensors, None).significance;
         let grads = z.backward();
         let soft_z = to_host(z)[0];
         assert_value(case, soft_z, c["soft_Z"].as_f64().unwrap());
@@ -236,8 +266,12 @@ fn reference_sigmoid_forward_and_gradient() {
         let scale = want_raw.iter().fold(0.0f64, |a, b| a.max(b.abs()));
         assert_gradient(case, "raw", &g_raw, &want_raw, scale);
         let z_at = |v: &[Vec<f64>]| -> f64 {
-            let m = model.membership(&tensors.columns[0], &tensor1::<B>(&v[0], &device), tensor1::<B>(&[k], &device));
-            to_host(objective.compute(m, &tensors).significance)[0]
+            let m = model.membership(
+                &tensors.columns[0],
+                &tensor1::<B>(&v[0], &device),
+                tensor1::<B>(&[k], &device),
+            );
+            to_host(objective.compute(m, &tensors, None).significance)[0]
         };
         assert_finite_difference(case, &[raw.clone()], &[g_raw.clone()], &z_at);
         let g_k = to_host(k_t.grad(&grads).unwrap())[0];
@@ -288,8 +322,9 @@ fn check_gmm_case(
     let ts: Vec<Tensor<B, 1>> =
         params.values.iter().map(|v| tensor1::<B>(v, &device).require_grad()).collect();
     let temperature = c["params"]["temperature"].as_f64().unwrap();
-    let m = model.membership(&tensors.columns, &ts, tensor1::<B>(&[temperature], &device));
-    let z = objective.compute(m, &tensors).significance;
+    let m =
+        model.membership(&tensors.columns, &ts, tensor1::<B>(&[temperature], &device));
+    let z = objective.compute(m, &tensors, None).significance;
     let grads = z.backward();
     let soft_z = to_host(z)[0];
     assert_value(case, soft_z, c[value_key].as_f64().unwrap());
@@ -300,11 +335,16 @@ fn check_gmm_case(
     assert_direct(case, soft_z, direct);
 
     let names = ["mixture_logits:0", "means:0", "unconstrained_L:0"];
-    let got: Vec<Vec<f64>> = ts.iter().map(|t| to_host(t.grad(&grads).unwrap())).collect();
+    let got: Vec<Vec<f64>> =
+        ts.iter().map(|t| to_host(t.grad(&grads).unwrap())).collect();
     let z_at = |v: &[Vec<f64>]| -> f64 {
         let ts: Vec<Tensor<B, 1>> = v.iter().map(|x| tensor1::<B>(x, &device)).collect();
-        let m = model.membership(&tensors.columns, &ts, tensor1::<B>(&[temperature], &device));
-        to_host(objective.compute(m, &tensors).significance)[0]
+        let m = model.membership(
+            &tensors.columns,
+            &ts,
+            tensor1::<B>(&[temperature], &device),
+        );
+        to_host(objective.compute(m, &tensors, None).significance)[0]
     };
     assert_finite_difference(case, &params.values, &got, &z_at);
     let want: Vec<Vec<f64>> = names.iter().map(|n| floats(&c[grad_key][*n])).collect();
@@ -322,7 +362,13 @@ fn reference_gmm_1d_forward_and_gradient() {
     for case in ["1d_gmm_n5_T1.0", "1d_gmm_n5_T0.1"] {
         let c = &cases[case];
         let sigma = c["params"]["sigma_base"].as_f64().unwrap();
-        let model = GaussianMixture::new(5, vec![(0.0, 1.0)], false, Some(sigma), GmmInit::Random);
+        let model = GaussianMixture::new(
+            5,
+            vec![(0.0, 1.0)],
+            false,
+            Some(sigma),
+            GmmInit::Random,
+        );
         check_gmm_case(case, c, &model, &pipeline, &events, "soft_Z", "grad_soft_Z");
     }
 }
@@ -334,8 +380,22 @@ fn reference_gmm_3class_forward_and_gradient() {
     for case in ["3class_gmm_n5_T1.0", "3class_gmm_n5_T0.3"] {
         let c = &cases[case];
         let sigma = c["params"]["sigma_base"].as_f64().unwrap();
-        let model = GaussianMixture::new(5, vec![(0.0, 1.0); 2], true, Some(sigma), GmmInit::Random);
-        check_gmm_case(case, c, &model, &pipeline, &events, "soft_sqrtZ1Z2", "grad_soft_sqrtZ1Z2");
+        let model = GaussianMixture::new(
+            5,
+            vec![(0.0, 1.0); 2],
+            true,
+            Some(sigma),
+            GmmInit::Random,
+        );
+        check_gmm_case(
+            case,
+            c,
+            &model,
+            &pipeline,
+            &events,
+            "soft_sqrtZ1Z2",
+            "grad_soft_sqrtZ1Z2",
+        );
     }
 }
 

@@ -16,7 +16,10 @@ use gato::toy::{ToySpec, generate};
 use crate::common::{read_parquet, reference};
 
 /// Score columns per process.
-fn scores_by_process(batches: &[RecordBatch], column: &str) -> BTreeMap<String, Vec<f64>> {
+fn scores_by_process(
+    batches: &[RecordBatch],
+    column: &str,
+) -> BTreeMap<String, Vec<f64>> {
     let mut out: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for batch in batches {
         let process = batch.column_by_name("process").unwrap();
@@ -76,13 +79,15 @@ fn ks_statistic_hand_example() {
 
 #[test]
 fn toy_1d_yields_and_counts() {
-    let spec = ToySpec { kind: GeneratorKind::Toy1d, seed: 7, signal: 2000, background: 6000 };
+    let spec =
+        ToySpec { kind: GeneratorKind::Toy1d, seed: 7, signal: 2000, background: 6000 };
     let batches = generate(&spec);
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 8000);
     let y = yields(&batches);
     assert!((y["signal"] - 50.0).abs() < 1e-9, "signal yield {}", y["signal"]);
-    let background: f64 = y.iter().filter(|(p, _)| p.starts_with("bkg")).map(|(_, v)| v).sum();
+    let background: f64 =
+        y.iter().filter(|(p, _)| p.starts_with("bkg")).map(|(_, v)| v).sum();
     assert!((background - 26_000.0).abs() < 1e-6, "background yield {background}");
     assert!((y["bkg1"] - 10_000.0).abs() < 1e-6);
     assert!((y["bkg5"] - 1_000.0).abs() < 1e-6);
@@ -90,17 +95,24 @@ fn toy_1d_yields_and_counts() {
 
 #[test]
 fn toy_three_class_yields() {
-    let spec = ToySpec { kind: GeneratorKind::ThreeClass, seed: 7, signal: 1000, background: 5000 };
+    let spec = ToySpec {
+        kind: GeneratorKind::ThreeClass,
+        seed: 7,
+        signal: 1000,
+        background: 5000,
+    };
     let y = yields(&generate(&spec));
     assert!((y["signal1"] - 50.0).abs() < 1e-9);
     assert!((y["signal2"] - 10.0).abs() < 1e-9);
-    let background: f64 = y.iter().filter(|(p, _)| p.starts_with("bkg")).map(|(_, v)| v).sum();
+    let background: f64 =
+        y.iter().filter(|(p, _)| p.starts_with("bkg")).map(|(_, v)| v).sum();
     assert!((background - 26_000.0).abs() < 1e-6);
 }
 
 #[test]
 fn toy_same_seed_same_events() {
-    let spec = ToySpec { kind: GeneratorKind::Toy1d, seed: 3, signal: 100, background: 300 };
+    let spec =
+        ToySpec { kind: GeneratorKind::Toy1d, seed: 3, signal: 100, background: 300 };
     assert_eq!(generate(&spec), generate(&spec));
     let other = ToySpec { seed: 4, ..spec.clone() };
     assert_ne!(generate(&spec), generate(&other));
@@ -108,8 +120,10 @@ fn toy_same_seed_same_events() {
 
 #[test]
 fn toy_1d_scores_match_reference_distribution() {
-    let reference = scores_by_process(&read_parquet(&reference("toy1d_seed42.parquet")), "score");
-    let ours = scores_by_process(&generate(&ToySpec::new(GeneratorKind::Toy1d, 1)), "score");
+    let reference =
+        scores_by_process(&read_parquet(&reference("toy1d_seed42.parquet")), "score");
+    let ours =
+        scores_by_process(&generate(&ToySpec::new(GeneratorKind::Toy1d, 1)), "score");
     assert_eq!(ours.keys().collect::<Vec<_>>(), reference.keys().collect::<Vec<_>>());
     for (process, theirs) in &reference {
         let mine = ours[process].clone();
@@ -131,7 +145,10 @@ fn toy_three_class_scores_match_reference_distribution() {
             let mine = ours[process].clone();
             let critical = ks_critical(mine.len(), theirs.len());
             let d = ks_statistic(mine, theirs.clone());
-            assert!(d < critical, "{process} {column}: KS D = {d:.5} above {critical:.5}");
+            assert!(
+                d < critical,
+                "{process} {column}: KS D = {d:.5} above {critical:.5}"
+            );
         }
     }
 }
