@@ -475,3 +475,115 @@ fn non_finite_drop_keeps_finite_events() {
     assert_eq!(events.weight, [1.0, 2.0]);
     assert_eq!(events.row, [0, 3]);
 }
+
+/// BASE with two discriminants and the given model lines.
+fn two_discriminants(model: &str) -> String {
+    BASE.replace("  discriminants: [score]\n", "  discriminants: [score, score2]\n")
+        .replace("  kind: sigmoid\n  categories: [3]\n", model)
+}
+
+#[test]
+fn error_grid_settings() {
+    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [3]\n"));
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: the sigmoid model on 2 discriminants cuts each of them, \
+         so give the bins per discriminant, for example [3, 3] instead of 3"
+    );
+    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[3, 3, 2]]\n"));
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: [3, 3, 2] gives bins for 3 discriminants, but \
+         `selection.discriminants` names 2"
+    );
+    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[3, 1]]\n"));
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: every discriminant of a sigmoid grid needs at least 2 bins, got 1 in [3, 1]"
+    );
+    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[2, 3], [2, 3]]\n"));
+    assert_eq!(err, "p.yaml:13:15: model.categories: [2, 3] is listed twice; list each number of categories once");
+    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[40, 40]]\n"));
+    assert_eq!(err, "p.yaml:13:15: model.categories: every number of categories must be at most 1000, got 1600");
+    let err = config_error(&two_discriminants("  kind: gmm\n  categories: [[2, 3]]\n"));
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: the GMM takes a number of components, not bins per discriminant ([2, 3])"
+    );
+    let err = config_error(&two_discriminants(
+        "  kind: sigmoid\n  categories: [[2, 3]]\n  range: [[0, 1], [0, 1], [0, 1]]\n",
+    ));
+    assert_eq!(
+        err,
+        "p.yaml:14:10: model.range: gives 3 ranges, but `selection.discriminants` names 2; give one \
+         [low, high] for all or one per discriminant"
+    );
+    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[2, 3]]\n  range: [[0, 1], [2, 2]]\n"));
+    assert_eq!(err, "p.yaml:14:10: model.range: must be [low, high] with finite low < high, got [2, 2]");
+    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[2, 3]]\n  range: [0, 1, 2]\n"));
+    assert!(err.contains("expected [low, high], or a list of [low, high] with one per discriminant"), "{err}");
+    let err = config_error(&two_discriminants(
+        "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10 }]\n",
+    ));
+    assert_eq!(
+        err,
+        "p.yaml:14:14: model.steepness: gives 1 schedules, but `selection.discriminants` names 2; give \
+         one schedule for all or one per discriminant"
+    );
+    let err = config_error(&two_discriminants(
+        "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10 }, { initial: -1 }]\n",
+    ));
+    assert_eq!(err, "p.yaml:14:14: model.steepness: `initial` must be finite and positive, got -1");
+    let err = config_error(&two_discriminants(
+        "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10, fnal: 3 }, { initial: 1 }]\n",
+    ));
+    assert!(err.contains("unknown field `fnal`"), "{err}");
+    // Valid: per-discriminant ranges and steepness.
+    let p = Pipeline::from_text(
+        &two_discriminants(
+            "  kind: sigmoid\n  categories: [[2, 3], [4, 2]]\n  range: [[0, 1], [-1, 3]]\n  \
+             steepness: [{ initial: 10 }, { schedule: cosine, initial: 5, final: 50 }]\n",
+        ),
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(p.model.categories, vec![6, 8]);
+    assert_eq!(p.model.bins, vec![vec![2, 3], vec![4, 2]]);
+    assert_eq!(p.model.ranges, vec![(0.0, 1.0), (-1.0, 3.0)]);
+    assert_eq!(p.model.steepness[1].value(9, 10), 50.0);
+}
+
+#[test]
+fn error_background_reweight_settings() {
+    let with = |block: &str| config_error(&format!("{BASE}objective:\n  background_reweight:\n{block}"));
+    let err = with("    processes: [bkg9]\n");
+    assert_eq!(
+        err,
+        "p.yaml: objective.background_reweight: `bkg9` is not a process of this pipeline; the \
+         processes are signal, bkg1"
+    );
+    let err = with("    processes: [signal]\n");
+    assert_eq!(
+        err,
+        "p.yaml: objective.background_reweight: `signal` is a signal; only background processes can be reweighted"
+    );
+    let err = with("    processes: []\n");
+    assert_eq!(err, "p.yaml: objective.background_reweight: name at least one background process under `processes`");
+    let err = with("    processes: [bkg1]\n    factors: [1, 2]\n");
+    assert_eq!(
+        err,
+        "p.yaml: objective.background_reweight: 2 factors given, but one per category needs a single \
+         run whose K equals that number (model.categories gives K = [3]); give one factor for all \
+         categories instead"
+    );
+    let err = with("    processes: [bkg1]\n    factors: -0.5\n");
+    assert_eq!(err, "p.yaml: objective.background_reweight: factors must be finite and non-negative, got -0.5");
+    let p = Pipeline::from_text(
+        &format!("{BASE}objective:\n  background_reweight:\n    processes: [bkg1]\n    factors: [1, 0.5, 2]\n"),
+        "p.yaml",
+    )
+    .unwrap();
+    let r = p.objective.reweight.unwrap();
+    assert_eq!(r.scaled, vec![false, true]);
+    assert_eq!(r.initial(3), vec![1.0, 0.5, 2.0]);
+}

@@ -213,3 +213,90 @@ fn combine_rules_on_tensors_agree() {
         "{quadrature} vs {candidates:?}"
     );
 }
+
+/// The soft objective with reweighting factors equals a float64 loop, and
+/// the factor-update stage of training changes what the objective sees.
+#[test]
+fn soft_objective_with_reweighting_and_updates() {
+    use burn::backend::{Autodiff, NdArray};
+    use gato::burn;
+    use gato::model::{CategoryModel, SigmoidCuts, tensor1, to_host};
+    use gato::objective::{EventTensors, Objective};
+    use gato::optimize::Trainer;
+    type B = Autodiff<NdArray<f64>>;
+
+    let text = format!(
+        "name: r\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 300, background: 900 }}\n{}\
+         selection:\n  sql: SELECT score, weight FROM events\n  discriminants: [score]\n\
+         model:\n  kind: sigmoid\n  categories: [3]\n  steepness: {{ initial: 30 }}\n\
+         objective:\n  significance: asimov\n  background_reweight:\n    processes: [bkg2, bkg5]\n\
+         training:\n  epochs: 6\n",
+        toy_1d_processes("toy")
+    );
+    let pipeline = pipeline(&text);
+    let (_, events) = select_events(&pipeline);
+    let device = Default::default();
+    let tensors = EventTensors::<B>::new(&events, &pipeline, &device);
+    let model = SigmoidCuts::new(3, 0.0, 1.0);
+    let raw = [0.2, -0.4];
+    let cuts = model.boundaries(&gato::model::Params {
+        names: vec!["raw".into()],
+        shapes: vec![vec![2]],
+        values: vec![raw.to_vec()],
+    });
+    let factors = [0.7, 1.9, 0.4];
+
+    // float64 by hand: soft memberships, yields with f on bkg2 and bkg5.
+    let logistic = |z: f64| 1.0 / (1.0 + (-z).exp());
+    let (mut s, mut b) = ([0.0f64; 3], [0.0f64; 3]);
+    for (p, range) in events.process_ranges.iter().enumerate() {
+        let name = &pipeline.processes[p].name;
+        for i in range.clone() {
+            let x = events.discriminants[0][i];
+            let (a0, a1) = (logistic(30.0 * (x - cuts[0])), logistic(30.0 * (x - cuts[1])));
+            let m = [1.0 - a0, a0 - a1, a1];
+            for c in 0..3 {
+                let w = events.weight[i] * m[c];
+                match name.as_str() {
+                    "signal" => s[c] += w,
+                    "bkg2" | "bkg5" => b[c] += factors[c] * w,
+                    _ => b[c] += w,
+                }
+            }
+        }
+    }
+    let z_hand = (0..3)
+        .map(|c| 2.0 * ((s[c] + b[c]) * (s[c] / b[c]).ln_1p() - s[c]))
+        .sum::<f64>()
+        .sqrt();
+    let column = tensors.columns[0].clone();
+    let m = model.membership(&column, &tensor1::<B>(&raw, &device), tensor1::<B>(&[30.0], &device));
+    let objective = Objective::new(pipeline.objective.clone());
+    let z = to_host(objective.compute(m.clone(), &tensors, Some(&factors)).significance)[0];
+    assert!((z - z_hand).abs() < 1e-10 * z_hand, "{z} vs {z_hand}");
+    let plain = to_host(objective.compute(m, &tensors, None).significance)[0];
+    assert!((plain - z).abs() > 1e-3, "the factors change Z: {plain} vs {z}");
+
+    // The update stage sees the hard categories and its factors are used
+    // from that epoch on.
+    let trainer = Trainer { pipeline: &pipeline, events: &events, tensors: &tensors, device };
+    let model = CategoryModel::Sigmoid(model);
+    let init = model.init(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1), 0, &[]);
+    let mut seen = Vec::new();
+    let outcome = trainer
+        .train_with(
+            &model,
+            init,
+            &mut |epoch, assign| {
+                seen.push((epoch, assign.len()));
+                (epoch == 2).then(|| factors.to_vec())
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(seen, (0..6).map(|e| (e, events.len())).collect::<Vec<_>>());
+    for record in &outcome.history {
+        let want = if record.epoch < 2 { vec![1.0; 3] } else { factors.to_vec() };
+        assert_eq!(record.background_factors.as_deref(), Some(&want[..]), "epoch {}", record.epoch);
+    }
+}
