@@ -90,6 +90,8 @@ pub struct RunSummary {
     pub bins: Option<Vec<usize>>,
     /// `asimov` or `asimov-gato`.
     pub significance_formula: String,
+    /// How the per-signal Z are combined into `table.z`, in words.
+    pub combine: String,
     /// Every start that was trained.
     pub restarts: Vec<RestartSummary>,
     /// Index of the start that was kept.
@@ -212,29 +214,48 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
             String::new()
         }
     );
-    let mut header = format!("{:>4} {:>21} {:>8}", "cat", "range", "bkg MC");
+    if run.restarts.len() > 1 {
+        let starts: Vec<String> = run
+            .restarts
+            .iter()
+            .map(|r| format!("{}: Z {:.4} (epoch {})", r.restart, r.hard_z, r.kept_epoch))
+            .collect();
+        let _ = writeln!(out, "starts: {}; kept start {}", starts.join(", "), run.best_restart);
+    }
+    let grid = run.table.categories.iter().any(|r| r.cell.is_some());
+    let width = if grid { 12 * run.bins.as_ref().map_or(1, Vec::len) + 1 } else { 21 };
+    let mut header = format!("{:>4} {:>width$} {:>8}", "cat", "range", "bkg MC");
     for s in &signals {
         let _ = write!(header, " {:>11}", truncate(s, 11));
     }
     let _ = write!(header, " {:>12} {:>8}", "background", "rel.unc");
     for s in &signals {
-        let label = if signals.len() == 1 {
-            "Z".to_string()
-        } else {
-            format!("Z {}", truncate(s, 9))
-        };
+        let label = if signals.len() == 1 { "Z".to_string() } else { format!("Z {}", truncate(s, 9)) };
         let _ = write!(header, " {label:>11}");
     }
+    // 1D cuts are listed in the order of the discriminant; other models'
+    // categories from the most to the least significant.
+    let order: Vec<usize> = if run.boundaries.is_some() {
+        (0..run.table.categories.len()).collect()
+    } else {
+        let _ = writeln!(out, "categories from the most to the least significant:");
+        run.table.by_significance.clone()
+    };
     let _ = writeln!(out, "{header}");
     let last = run.table.categories.len().saturating_sub(1);
-    for row in &run.table.categories {
-        let range = match (row.lower, row.upper) {
-            (Some(lo), Some(hi)) if row.category == last => format!("[{lo:.5}, {hi:.5}]"),
-            (Some(lo), Some(hi)) => format!("[{lo:.5}, {hi:.5})"),
+    for &c in &order {
+        let row = &run.table.categories[c];
+        let range = match (row.lower, row.upper, &row.cell) {
+            (Some(lo), Some(hi), _) if row.category == last => format!("[{lo:.5}, {hi:.5}]"),
+            (Some(lo), Some(hi), _) => format!("[{lo:.5}, {hi:.5})"),
+            (_, _, Some(cell)) => cell
+                .iter()
+                .map(|[lo, hi]| format!("[{lo:.3},{hi:.3}]"))
+                .collect::<Vec<_>>()
+                .join("x"),
             _ => "-".into(),
         };
-        let mut line =
-            format!("{:>4} {:>21} {:>8}", row.category, range, row.background_events);
+        let mut line = format!("{:>4} {:>width$} {:>8}", row.category, range, row.background_events);
         for s in &row.signal {
             let _ = write!(line, " {s:>11.4}");
         }

@@ -407,6 +407,12 @@ fn evaluate_run(
             crate::config::SignificanceKind::Asimov => "asimov".into(),
             crate::config::SignificanceKind::AsimovGato => "asimov-gato".into(),
         },
+        combine: match pipeline.objective.combine {
+            crate::config::CombineRule::Geometric => "geometric mean".into(),
+            crate::config::CombineRule::Arithmetic => "arithmetic mean".into(),
+            crate::config::CombineRule::Minimum => "minimum".into(),
+            crate::config::CombineRule::Quadrature => "weighted sum in quadrature".into(),
+        },
         restarts: Vec::new(),
         best_restart: 0,
         trained_z: f64::NAN,
