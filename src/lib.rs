@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod atomic;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod model;

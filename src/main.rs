@@ -40,6 +40,11 @@ enum Command {
         /// Replace the outputs of an earlier run in the output directory.
         #[arg(long)]
         overwrite: bool,
+        /// Training device: cpu, cuda or cuda:N (default: the pipeline's
+        /// `device`, else cpu). CUDA needs a binary built with
+        /// `--features cuda`.
+        #[arg(long, value_name = "DEVICE")]
+        device: Option<gato::device::DeviceChoice>,
     },
     /// Categorise Parquet files with a model saved by `gato run`.
     ///
@@ -123,7 +128,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { pipeline, out, overwrite } => {
+        Command::Run { pipeline, out, overwrite, device } => {
             let pipeline = Pipeline::load(&pipeline)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -135,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 progress: !cli.quiet
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 print: true,
+                device,
             };
             runtime.block_on(run_pipeline(&pipeline, &options))?;
             Ok(())

@@ -29,6 +29,8 @@ pub struct Summary {
     pub pipeline_text: String,
     /// Seed of the run.
     pub seed: u64,
+    /// Training device (`cpu` or `cuda:N`).
+    pub device: String,
     /// Selected events per process.
     pub processes: Vec<ProcessSummary>,
     /// One entry per number of categories.

@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{ModelKind, Pipeline, Role};
+use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::evaluate::{dp_optimum, equidistant_edges, evaluate};
 use crate::model::{CategoryModel, GaussianMixture, SigmoidCuts, SigmoidGrid};
@@ -39,6 +40,15 @@ pub struct RunOptions {
     pub progress: bool,
     /// Print the tables on standard output.
     pub print: bool,
+    /// Training device; the pipeline's `device` when `None`.
+    pub device: Option<DeviceChoice>,
+}
+
+/// A trainer on one of the backends this binary has.
+enum Engine<'a> {
+    Cpu(Trainer<'a, CpuBackend>),
+    #[cfg(feature = "cuda")]
+    Cuda(Trainer<'a, crate::device::CudaBackend>),
 }
 
 /// Runs `pipeline` and returns its summary, also written to
@@ -47,6 +57,8 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
     let started = Instant::now();
     let output = options.output.clone().unwrap_or_else(|| pipeline.output.clone());
     check_output(pipeline, &output, options.overwrite)?;
+    let device = options.device.unwrap_or(pipeline.device);
+    crate::device::check(device)?;
 
     let sources = Sources::open(pipeline)?;
     let events = select(pipeline, &sources).await?;
@@ -72,13 +84,26 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
             )
         })?;
     }
-    let tensors = EventTensors::<CpuBackend>::new(&events, pipeline, &Default::default());
-    let trainer = Trainer {
-        pipeline,
-        events: &events,
-        tensors: &tensors,
-        device: Default::default(),
+    let cpu_tensors;
+    #[cfg(feature = "cuda")]
+    let cuda_tensors;
+    let engine = match device {
+        DeviceChoice::Cpu => {
+            cpu_tensors = EventTensors::<CpuBackend>::new(&events, pipeline, &Default::default());
+            Engine::Cpu(Trainer { pipeline, events: &events, tensors: &cpu_tensors, device: Default::default() })
+        }
+        #[cfg(feature = "cuda")]
+        DeviceChoice::Cuda(index) => {
+            let cuda = burn_cuda::CudaDevice::new(index);
+            cuda_tensors = EventTensors::<crate::device::CudaBackend>::new(&events, pipeline, &cuda);
+            Engine::Cuda(Trainer { pipeline, events: &events, tensors: &cuda_tensors, device: cuda })
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceChoice::Cuda(_) => {
+            return Err(Error::Internal("a CUDA device passed the check without the `cuda` feature".into()));
+        }
     };
+    tracing::info!(%device, "training device");
 
     let mut runs = Vec::new();
     for bins in &pipeline.model.bins {
@@ -92,7 +117,13 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
 
         let train_started = Instant::now();
         let (outcomes, restarts) = tokio::task::block_in_place(|| {
-            train_restarts(pipeline, &trainer, &model, &events, &name, options.progress)
+            match &engine {
+                Engine::Cpu(trainer) => train_restarts(pipeline, trainer, &model, &events, &name, options.progress),
+                #[cfg(feature = "cuda")]
+                Engine::Cuda(trainer) => {
+                    train_restarts(pipeline, trainer, &model, &events, &name, options.progress)
+                }
+            }
         })?;
         let training_s = train_started.elapsed().as_secs_f64();
         timings.train += training_s;
@@ -166,6 +197,7 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
         pipeline_origin: pipeline.origin.clone(),
         pipeline_text: pipeline.text.clone(),
         seed: pipeline.seed,
+        device: device.to_string(),
         processes,
         runs,
         timings_s: timings,
@@ -224,9 +256,9 @@ pub fn run_name(model: &CategoryModel) -> String {
 }
 
 /// Trains every start of one K.
-fn train_restarts(
+fn train_restarts<B: burn::tensor::backend::AutodiffBackend>(
     pipeline: &Pipeline,
-    trainer: &Trainer<'_, CpuBackend>,
+    trainer: &Trainer<'_, B>,
     model: &CategoryModel,
     events: &Events,
     name: &str,

@@ -42,6 +42,10 @@ pub struct PipelineFile {
     /// Output directory; `gato run --out` overrides it.
     #[serde(default)]
     pub output: Option<String>,
+    /// Training device: `cpu`, `cuda` or `cuda:N`; `gato run --device`
+    /// overrides it.
+    #[serde(default)]
+    pub device: Option<String>,
 }
 
 fn default_seed() -> u64 {

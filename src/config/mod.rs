@@ -63,6 +63,8 @@ pub struct Pipeline {
     pub evaluation: file::EvaluationFile,
     /// Output directory.
     pub output: PathBuf,
+    /// Training device.
+    pub device: crate::device::DeviceChoice,
 }
 
 /// One input of events, read once even when several processes share it.
@@ -297,6 +299,10 @@ impl Pipeline {
         let output = PathBuf::from(
             file.output.clone().unwrap_or_else(|| format!("runs/{}", file.name)),
         );
+        let device = match &file.device {
+            None => crate::device::DeviceChoice::Cpu,
+            Some(d) => d.parse().map_err(|e: String| plain("device", e))?,
+        };
         Ok(Pipeline {
             name: file.name.clone(),
             origin: origin.to_string(),
@@ -311,6 +317,7 @@ impl Pipeline {
             training: file.training.clone(),
             evaluation: file.evaluation.clone(),
             output,
+            device,
         })
     }
 

@@ -587,3 +587,35 @@ fn error_background_reweight_settings() {
     assert_eq!(r.scaled, vec![false, true]);
     assert_eq!(r.initial(3), vec![1.0, 0.5, 2.0]);
 }
+
+#[test]
+fn error_unknown_device() {
+    let err = config_error(&format!("{BASE}device: gpu\n"));
+    assert_eq!(err, "p.yaml: device: unknown device `gpu`; use `cpu`, `cuda` or `cuda:N` (N = GPU number from 0)");
+    let p = Pipeline::from_text(&format!("{BASE}device: cuda:1\n"), "p.yaml").unwrap();
+    assert_eq!(p.device, gato::device::DeviceChoice::Cuda(1));
+}
+
+/// Without the `cuda` feature, asking for CUDA stops before any output is
+/// written, with the way out in the message.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn error_cuda_without_feature() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), format!("{BASE}training:\n  epochs: 2\n")).unwrap();
+    let out = std::process::Command::new(crate::common::gato_bin())
+        .args(["run", "p.yaml", "--device", "cuda:0", "--out", "out"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "device cuda:0: this gato was built without CUDA support; rebuild it with \
+             `cargo build --release --features cuda`, or use `--device cpu`"
+        ),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("out/summary.json").exists());
+}
