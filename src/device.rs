@@ -111,7 +111,10 @@ mod tests {
         assert_eq!("cuda:3".parse(), Ok(DeviceChoice::Cuda(3)));
         assert_eq!(DeviceChoice::Cuda(3).to_string(), "cuda:3");
         let err = "gpu".parse::<DeviceChoice>().unwrap_err();
-        assert_eq!(err, "unknown device `gpu`; use `cpu`, `cuda` or `cuda:N` (N = GPU number from 0)");
+        assert_eq!(
+            err,
+            "unknown device `gpu`; use `cpu`, `cuda` or `cuda:N` (N = GPU number from 0)"
+        );
         assert!("cuda:x".parse::<DeviceChoice>().is_err());
     }
 

@@ -222,7 +222,12 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
             .iter()
             .map(|r| format!("{}: Z {:.4} (epoch {})", r.restart, r.hard_z, r.kept_epoch))
             .collect();
-        let _ = writeln!(out, "starts: {}; kept start {}", starts.join(", "), run.best_restart);
+        let _ = writeln!(
+            out,
+            "starts: {}; kept start {}",
+            starts.join(", "),
+            run.best_restart
+        );
     }
     let grid = run.table.categories.iter().any(|r| r.cell.is_some());
     let width = if grid { 12 * run.bins.as_ref().map_or(1, Vec::len) + 1 } else { 21 };
@@ -232,7 +237,11 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
     }
     let _ = write!(header, " {:>12} {:>8}", "background", "rel.unc");
     for s in &signals {
-        let label = if signals.len() == 1 { "Z".to_string() } else { format!("Z {}", truncate(s, 9)) };
+        let label = if signals.len() == 1 {
+            "Z".to_string()
+        } else {
+            format!("Z {}", truncate(s, 9))
+        };
         let _ = write!(header, " {label:>11}");
     }
     // 1D cuts are listed in the order of the discriminant; other models'
@@ -248,7 +257,9 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
     for &c in &order {
         let row = &run.table.categories[c];
         let range = match (row.lower, row.upper, &row.cell) {
-            (Some(lo), Some(hi), _) if row.category == last => format!("[{lo:.5}, {hi:.5}]"),
+            (Some(lo), Some(hi), _) if row.category == last => {
+                format!("[{lo:.5}, {hi:.5}]")
+            }
             (Some(lo), Some(hi), _) => format!("[{lo:.5}, {hi:.5})"),
             (_, _, Some(cell)) => cell
                 .iter()
@@ -257,7 +268,8 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
                 .join("x"),
             _ => "-".into(),
         };
-        let mut line = format!("{:>4} {:>width$} {:>8}", row.category, range, row.background_events);
+        let mut line =
+            format!("{:>4} {:>width$} {:>8}", row.category, range, row.background_events);
         for s in &row.signal {
             let _ = write!(line, " {s:>11.4}");
         }

@@ -89,18 +89,32 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
     let cuda_tensors;
     let engine = match device {
         DeviceChoice::Cpu => {
-            cpu_tensors = EventTensors::<CpuBackend>::new(&events, pipeline, &Default::default());
-            Engine::Cpu(Trainer { pipeline, events: &events, tensors: &cpu_tensors, device: Default::default() })
+            cpu_tensors =
+                EventTensors::<CpuBackend>::new(&events, pipeline, &Default::default());
+            Engine::Cpu(Trainer {
+                pipeline,
+                events: &events,
+                tensors: &cpu_tensors,
+                device: Default::default(),
+            })
         }
         #[cfg(feature = "cuda")]
         DeviceChoice::Cuda(index) => {
             let cuda = burn_cuda::CudaDevice::new(index);
-            cuda_tensors = EventTensors::<crate::device::CudaBackend>::new(&events, pipeline, &cuda);
-            Engine::Cuda(Trainer { pipeline, events: &events, tensors: &cuda_tensors, device: cuda })
+            cuda_tensors =
+                EventTensors::<crate::device::CudaBackend>::new(&events, pipeline, &cuda);
+            Engine::Cuda(Trainer {
+                pipeline,
+                events: &events,
+                tensors: &cuda_tensors,
+                device: cuda,
+            })
         }
         #[cfg(not(feature = "cuda"))]
         DeviceChoice::Cuda(_) => {
-            return Err(Error::Internal("a CUDA device passed the check without the `cuda` feature".into()));
+            return Err(Error::Internal(
+                "a CUDA device passed the check without the `cuda` feature".into(),
+            ));
         }
     };
     tracing::info!(%device, "training device");
@@ -116,14 +130,24 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
         })?;
 
         let train_started = Instant::now();
-        let (outcomes, restarts) = tokio::task::block_in_place(|| {
-            match &engine {
-                Engine::Cpu(trainer) => train_restarts(pipeline, trainer, &model, &events, &name, options.progress),
-                #[cfg(feature = "cuda")]
-                Engine::Cuda(trainer) => {
-                    train_restarts(pipeline, trainer, &model, &events, &name, options.progress)
-                }
-            }
+        let (outcomes, restarts) = tokio::task::block_in_place(|| match &engine {
+            Engine::Cpu(trainer) => train_restarts(
+                pipeline,
+                trainer,
+                &model,
+                &events,
+                &name,
+                options.progress,
+            ),
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(trainer) => train_restarts(
+                pipeline,
+                trainer,
+                &model,
+                &events,
+                &name,
+                options.progress,
+            ),
         })?;
         let training_s = train_started.elapsed().as_secs_f64();
         timings.train += training_s;

@@ -490,21 +490,32 @@ fn error_grid_settings() {
         "p.yaml:13:15: model.categories: the sigmoid model on 2 discriminants cuts each of them, \
          so give the bins per discriminant, for example [3, 3] instead of 3"
     );
-    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[3, 3, 2]]\n"));
+    let err =
+        config_error(&two_discriminants("  kind: sigmoid\n  categories: [[3, 3, 2]]\n"));
     assert_eq!(
         err,
         "p.yaml:13:15: model.categories: [3, 3, 2] gives bins for 3 discriminants, but \
          `selection.discriminants` names 2"
     );
-    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[3, 1]]\n"));
+    let err =
+        config_error(&two_discriminants("  kind: sigmoid\n  categories: [[3, 1]]\n"));
     assert_eq!(
         err,
         "p.yaml:13:15: model.categories: every discriminant of a sigmoid grid needs at least 2 bins, got 1 in [3, 1]"
     );
-    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[2, 3], [2, 3]]\n"));
-    assert_eq!(err, "p.yaml:13:15: model.categories: [2, 3] is listed twice; list each number of categories once");
-    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[40, 40]]\n"));
-    assert_eq!(err, "p.yaml:13:15: model.categories: every number of categories must be at most 1000, got 1600");
+    let err = config_error(&two_discriminants(
+        "  kind: sigmoid\n  categories: [[2, 3], [2, 3]]\n",
+    ));
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: [2, 3] is listed twice; list each number of categories once"
+    );
+    let err =
+        config_error(&two_discriminants("  kind: sigmoid\n  categories: [[40, 40]]\n"));
+    assert_eq!(
+        err,
+        "p.yaml:13:15: model.categories: every number of categories must be at most 1000, got 1600"
+    );
     let err = config_error(&two_discriminants("  kind: gmm\n  categories: [[2, 3]]\n"));
     assert_eq!(
         err,
@@ -518,10 +529,22 @@ fn error_grid_settings() {
         "p.yaml:14:10: model.range: gives 3 ranges, but `selection.discriminants` names 2; give one \
          [low, high] for all or one per discriminant"
     );
-    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[2, 3]]\n  range: [[0, 1], [2, 2]]\n"));
-    assert_eq!(err, "p.yaml:14:10: model.range: must be [low, high] with finite low < high, got [2, 2]");
-    let err = config_error(&two_discriminants("  kind: sigmoid\n  categories: [[2, 3]]\n  range: [0, 1, 2]\n"));
-    assert!(err.contains("expected [low, high], or a list of [low, high] with one per discriminant"), "{err}");
+    let err = config_error(&two_discriminants(
+        "  kind: sigmoid\n  categories: [[2, 3]]\n  range: [[0, 1], [2, 2]]\n",
+    ));
+    assert_eq!(
+        err,
+        "p.yaml:14:10: model.range: must be [low, high] with finite low < high, got [2, 2]"
+    );
+    let err = config_error(&two_discriminants(
+        "  kind: sigmoid\n  categories: [[2, 3]]\n  range: [0, 1, 2]\n",
+    ));
+    assert!(
+        err.contains(
+            "expected [low, high], or a list of [low, high] with one per discriminant"
+        ),
+        "{err}"
+    );
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10 }]\n",
     ));
@@ -533,7 +556,10 @@ fn error_grid_settings() {
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10 }, { initial: -1 }]\n",
     ));
-    assert_eq!(err, "p.yaml:14:14: model.steepness: `initial` must be finite and positive, got -1");
+    assert_eq!(
+        err,
+        "p.yaml:14:14: model.steepness: `initial` must be finite and positive, got -1"
+    );
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10, fnal: 3 }, { initial: 1 }]\n",
     ));
@@ -555,7 +581,9 @@ fn error_grid_settings() {
 
 #[test]
 fn error_background_reweight_settings() {
-    let with = |block: &str| config_error(&format!("{BASE}objective:\n  background_reweight:\n{block}"));
+    let with = |block: &str| {
+        config_error(&format!("{BASE}objective:\n  background_reweight:\n{block}"))
+    };
     let err = with("    processes: [bkg9]\n");
     assert_eq!(
         err,
@@ -568,7 +596,10 @@ fn error_background_reweight_settings() {
         "p.yaml: objective.background_reweight: `signal` is a signal; only background processes can be reweighted"
     );
     let err = with("    processes: []\n");
-    assert_eq!(err, "p.yaml: objective.background_reweight: name at least one background process under `processes`");
+    assert_eq!(
+        err,
+        "p.yaml: objective.background_reweight: name at least one background process under `processes`"
+    );
     let err = with("    processes: [bkg1]\n    factors: [1, 2]\n");
     assert_eq!(
         err,
@@ -577,7 +608,10 @@ fn error_background_reweight_settings() {
          categories instead"
     );
     let err = with("    processes: [bkg1]\n    factors: -0.5\n");
-    assert_eq!(err, "p.yaml: objective.background_reweight: factors must be finite and non-negative, got -0.5");
+    assert_eq!(
+        err,
+        "p.yaml: objective.background_reweight: factors must be finite and non-negative, got -0.5"
+    );
     let p = Pipeline::from_text(
         &format!("{BASE}objective:\n  background_reweight:\n    processes: [bkg1]\n    factors: [1, 0.5, 2]\n"),
         "p.yaml",
@@ -591,7 +625,10 @@ fn error_background_reweight_settings() {
 #[test]
 fn error_unknown_device() {
     let err = config_error(&format!("{BASE}device: gpu\n"));
-    assert_eq!(err, "p.yaml: device: unknown device `gpu`; use `cpu`, `cuda` or `cuda:N` (N = GPU number from 0)");
+    assert_eq!(
+        err,
+        "p.yaml: device: unknown device `gpu`; use `cpu`, `cuda` or `cuda:N` (N = GPU number from 0)"
+    );
     let p = Pipeline::from_text(&format!("{BASE}device: cuda:1\n"), "p.yaml").unwrap();
     assert_eq!(p.device, gato::device::DeviceChoice::Cuda(1));
 }
@@ -602,7 +639,8 @@ fn error_unknown_device() {
 #[test]
 fn error_cuda_without_feature() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("p.yaml"), format!("{BASE}training:\n  epochs: 2\n")).unwrap();
+    std::fs::write(dir.path().join("p.yaml"), format!("{BASE}training:\n  epochs: 2\n"))
+        .unwrap();
     let out = std::process::Command::new(crate::common::gato_bin())
         .args(["run", "p.yaml", "--device", "cuda:0", "--out", "out"])
         .current_dir(dir.path())

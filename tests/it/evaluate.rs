@@ -253,7 +253,8 @@ fn soft_objective_with_reweighting_and_updates() {
         let name = &pipeline.processes[p].name;
         for i in range.clone() {
             let x = events.discriminants[0][i];
-            let (a0, a1) = (logistic(30.0 * (x - cuts[0])), logistic(30.0 * (x - cuts[1])));
+            let (a0, a1) =
+                (logistic(30.0 * (x - cuts[0])), logistic(30.0 * (x - cuts[1])));
             let m = [1.0 - a0, a0 - a1, a1];
             for c in 0..3 {
                 let w = events.weight[i] * m[c];
@@ -270,18 +271,28 @@ fn soft_objective_with_reweighting_and_updates() {
         .sum::<f64>()
         .sqrt();
     let column = tensors.columns[0].clone();
-    let m = model.membership(&column, &tensor1::<B>(&raw, &device), tensor1::<B>(&[30.0], &device));
+    let m = model.membership(
+        &column,
+        &tensor1::<B>(&raw, &device),
+        tensor1::<B>(&[30.0], &device),
+    );
     let objective = Objective::new(pipeline.objective.clone());
-    let z = to_host(objective.compute(m.clone(), &tensors, Some(&factors)).significance)[0];
+    let z =
+        to_host(objective.compute(m.clone(), &tensors, Some(&factors)).significance)[0];
     assert!((z - z_hand).abs() < 1e-10 * z_hand, "{z} vs {z_hand}");
     let plain = to_host(objective.compute(m, &tensors, None).significance)[0];
     assert!((plain - z).abs() > 1e-3, "the factors change Z: {plain} vs {z}");
 
     // The update stage sees the hard categories and its factors are used
     // from that epoch on.
-    let trainer = Trainer { pipeline: &pipeline, events: &events, tensors: &tensors, device };
+    let trainer =
+        Trainer { pipeline: &pipeline, events: &events, tensors: &tensors, device };
     let model = CategoryModel::Sigmoid(model);
-    let init = model.init(&mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1), 0, &[]);
+    let init = model.init(
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1),
+        0,
+        &[],
+    );
     let mut seen = Vec::new();
     let outcome = trainer
         .train_with(
@@ -297,6 +308,11 @@ fn soft_objective_with_reweighting_and_updates() {
     assert_eq!(seen, (0..6).map(|e| (e, events.len())).collect::<Vec<_>>());
     for record in &outcome.history {
         let want = if record.epoch < 2 { vec![1.0; 3] } else { factors.to_vec() };
-        assert_eq!(record.background_factors.as_deref(), Some(&want[..]), "epoch {}", record.epoch);
+        assert_eq!(
+            record.background_factors.as_deref(),
+            Some(&want[..]),
+            "epoch {}",
+            record.epoch
+        );
     }
 }

@@ -10,7 +10,8 @@ use serde_json::Value;
 
 use crate::common::{gato_bin, read_parquet};
 
-const PROCESSES: [&str; 7] = ["signal1", "signal2", "bkg1", "bkg2", "bkg3", "bkg4", "bkg5"];
+const PROCESSES: [&str; 7] =
+    ["signal1", "signal2", "bkg1", "bkg2", "bkg3", "bkg4", "bkg5"];
 
 fn gato(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(gato_bin()).args(args).current_dir(dir).output().unwrap()
@@ -45,12 +46,25 @@ struct Sample {
 }
 
 fn read_sample(path: &Path) -> Sample {
-    let mut s = Sample { process: vec![], x: [vec![], vec![]], weight: vec![], category: vec![] };
+    let mut s =
+        Sample { process: vec![], x: [vec![], vec![]], weight: vec![], category: vec![] };
     for batch in read_parquet(path) {
         let f = |name: &str| {
-            batch.column_by_name(name).unwrap().as_any().downcast_ref::<Float64Array>().unwrap().values().to_vec()
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
         };
-        let process = batch.column_by_name("process").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let process = batch
+            .column_by_name("process")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         s.process.extend(process.iter().map(|p| p.unwrap().to_string()));
         s.x[0].extend(f("score_signal1"));
         s.x[1].extend(f("score_signal2"));
@@ -90,7 +104,11 @@ fn yields(s: &Sample, categories: &[i32], k: usize) -> Vec<[f64; 4]> {
 }
 
 fn asimov(s: f64, b: f64) -> f64 {
-    if s <= 0.0 || b <= 0.0 { 0.0 } else { (2.0 * ((s + b) * (s / b).ln_1p() - s)).sqrt() }
+    if s <= 0.0 || b <= 0.0 {
+        0.0
+    } else {
+        (2.0 * ((s + b) * (s / b).ln_1p() - s)).sqrt()
+    }
 }
 
 /// √(Z₁·Z₂) with Z_i = √Σ_k Z_ik², each signal counting the other as
@@ -105,30 +123,54 @@ fn geometric_z(y: &[[f64; 4]]) -> f64 {
 fn sigmoid_grid_run_matches_float64_recomputation() {
     let dir = tempfile::tempdir().unwrap();
     let out = gato(
-        &["generate", "three-class", "--out", "sample.parquet", "--seed", "4", "--signal", "2000", "--background", "8000"],
+        &[
+            "generate",
+            "three-class",
+            "--out",
+            "sample.parquet",
+            "--seed",
+            "4",
+            "--signal",
+            "2000",
+            "--background",
+            "8000",
+        ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    std::fs::write(dir.path().join("pipeline.yaml"), grid_pipeline("[[2, 3], [3, 3]]", "")).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        grid_pipeline("[[2, 3], [3, 3]]", ""),
+    )
+    .unwrap();
     let out = gato(&["-q", "run", "pipeline.yaml"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap()).unwrap();
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
 
-    for (index, (name, bins)) in [("sigmoid_2x3", [2usize, 3]), ("sigmoid_3x3", [3, 3])].iter().enumerate() {
+    for (index, (name, bins)) in
+        [("sigmoid_2x3", [2usize, 3]), ("sigmoid_3x3", [3, 3])].iter().enumerate()
+    {
         let run = &summary["runs"][index];
         assert_eq!(run["name"], *name);
         let k = bins[0] * bins[1];
         assert_eq!(run["categories"], k);
         assert_eq!(run["bins"], serde_json::json!(bins));
-        let cuts: Vec<Vec<f64>> = serde_json::from_value(run["grid_boundaries"].clone()).unwrap();
+        let cuts: Vec<Vec<f64>> =
+            serde_json::from_value(run["grid_boundaries"].clone()).unwrap();
         assert_eq!(cuts[0].len(), bins[0] - 1);
         assert_eq!(cuts[1].len(), bins[1] - 1);
 
         // Written categories are the grid cells of the learnt cuts.
         let s = read_sample(&dir.path().join(format!("out/{name}/sample.parquet")));
         for i in 0..s.weight.len() {
-            assert_eq!(s.category[i], cell_by_hand(&cuts, [s.x[0][i], s.x[1][i]]), "row {i}");
+            assert_eq!(
+                s.category[i],
+                cell_by_hand(&cuts, [s.x[0][i], s.x[1][i]]),
+                "row {i}"
+            );
         }
 
         // The table equals a float64 recomputation from the written file.
@@ -136,7 +178,9 @@ fn sigmoid_grid_run_matches_float64_recomputation() {
         let table = &run["table"];
         for c in 0..k {
             let row = &table["categories"][c];
-            let close = |a: &Value, b: f64| (a.as_f64().unwrap() - b).abs() <= 1e-9 * b.abs().max(1.0);
+            let close = |a: &Value, b: f64| {
+                (a.as_f64().unwrap() - b).abs() <= 1e-9 * b.abs().max(1.0)
+            };
             assert!(close(&row["signal"][0], y[c][0]), "category {c}");
             assert!(close(&row["signal"][1], y[c][1]), "category {c}");
             assert!(close(&row["background"], y[c][2]), "category {c}");
@@ -149,42 +193,62 @@ fn sigmoid_grid_run_matches_float64_recomputation() {
                 e
             };
             let (b0, b1) = (c / bins[1], c % bins[1]);
-            let cell: Vec<[f64; 2]> = serde_json::from_value(row["cell"].clone()).unwrap();
-            assert_eq!(cell, vec![[edges(0)[b0], edges(0)[b0 + 1]], [edges(1)[b1], edges(1)[b1 + 1]]]);
+            let cell: Vec<[f64; 2]> =
+                serde_json::from_value(row["cell"].clone()).unwrap();
+            assert_eq!(
+                cell,
+                vec![[edges(0)[b0], edges(0)[b0 + 1]], [edges(1)[b1], edges(1)[b1 + 1]]]
+            );
         }
         let z = geometric_z(&y);
-        assert!((table["z"].as_f64().unwrap() - z).abs() < 1e-9 * z, "{} vs {z}", table["z"]);
+        assert!(
+            (table["z"].as_f64().unwrap() - z).abs() < 1e-9 * z,
+            "{} vs {z}",
+            table["z"]
+        );
 
         // Categories listed by significance: a permutation, in falling order
         // of the per-category geometric mean √(Z₁ₖ·Z₂ₖ).
-        let order: Vec<usize> = serde_json::from_value(table["by_significance"].clone()).unwrap();
+        let order: Vec<usize> =
+            serde_json::from_value(table["by_significance"].clone()).unwrap();
         let mut sorted = order.clone();
         sorted.sort();
         assert_eq!(sorted, (0..k).collect::<Vec<_>>());
-        let zc = |c: usize| (asimov(y[c][0], y[c][2] + y[c][1]) * asimov(y[c][1], y[c][2] + y[c][0])).sqrt();
+        let zc = |c: usize| {
+            (asimov(y[c][0], y[c][2] + y[c][1]) * asimov(y[c][1], y[c][2] + y[c][0]))
+                .sqrt()
+        };
         assert!(order.windows(2).all(|w| zc(w[0]) >= zc(w[1]) - 1e-12), "{order:?}");
 
         // The equal-bin baseline of the same grid.
         let equal_cuts: Vec<Vec<f64>> =
             bins.iter().map(|&b| (1..b).map(|i| i as f64 / b as f64).collect()).collect();
-        let equal: Vec<i32> = (0..s.weight.len()).map(|i| cell_by_hand(&equal_cuts, [s.x[0][i], s.x[1][i]])).collect();
+        let equal: Vec<i32> = (0..s.weight.len())
+            .map(|i| cell_by_hand(&equal_cuts, [s.x[0][i], s.x[1][i]]))
+            .collect();
         let z_equal = geometric_z(&yields(&s, &equal, k));
         let got = run["equidistant"]["z"].as_f64().unwrap();
         assert!((got - z_equal).abs() < 1e-9 * z_equal, "{got} vs {z_equal}");
 
         // The history keeps the steepness of each discriminant.
-        let history: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.path().join(format!("out/{name}/history.json"))).unwrap())
-                .unwrap();
+        let history: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("out/{name}/history.json")))
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(history[0][0]["steepness"], serde_json::json!([20.0, 30.0]));
         assert_eq!(history[0][14]["steepness"], serde_json::json!([500.0, 30.0]));
 
         // The saved model reproduces the categories.
         let model = format!("out/{name}/model.json");
         let applied_dir = format!("applied_{name}");
-        let out = gato(&["apply", "--model", &model, "--out", &applied_dir, "sample.parquet"], dir.path());
+        let out = gato(
+            &["apply", "--model", &model, "--out", &applied_dir, "sample.parquet"],
+            dir.path(),
+        );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let applied = read_sample(&dir.path().join(format!("{applied_dir}/sample.parquet")));
+        let applied =
+            read_sample(&dir.path().join(format!("{applied_dir}/sample.parquet")));
         assert_eq!(applied.category, s.category);
     }
 }
@@ -193,7 +257,18 @@ fn sigmoid_grid_run_matches_float64_recomputation() {
 fn background_reweighting_scales_yields_and_sumw2() {
     let dir = tempfile::tempdir().unwrap();
     let out = gato(
-        &["generate", "three-class", "--out", "sample.parquet", "--seed", "6", "--signal", "1500", "--background", "6000"],
+        &[
+            "generate",
+            "three-class",
+            "--out",
+            "sample.parquet",
+            "--seed",
+            "6",
+            "--signal",
+            "1500",
+            "--background",
+            "6000",
+        ],
         dir.path(),
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -202,11 +277,17 @@ fn background_reweighting_scales_yields_and_sumw2() {
         "  background_reweight:\n    processes: [bkg1, bkg3]\n    factors: [{}]\n",
         factors.map(|f| f.to_string()).join(", ")
     );
-    std::fs::write(dir.path().join("pipeline.yaml"), grid_pipeline("[[2, 2]]", &reweight)).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        grid_pipeline("[[2, 2]]", &reweight),
+    )
+    .unwrap();
     let out = gato(&["-q", "run", "pipeline.yaml"], dir.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap()).unwrap();
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
     let run = &summary["runs"][0];
     assert_eq!(run["background_factors"], serde_json::json!(factors));
 
@@ -215,7 +296,11 @@ fn background_reweighting_scales_yields_and_sumw2() {
     for i in 0..s.weight.len() {
         let c = s.category[i] as usize;
         let w = s.weight[i];
-        let f = if s.process[i] == "bkg1" || s.process[i] == "bkg3" { factors[c] } else { 1.0 };
+        let f = if s.process[i] == "bkg1" || s.process[i] == "bkg3" {
+            factors[c]
+        } else {
+            1.0
+        };
         match s.process[i].as_str() {
             "signal1" => y[c][0] += w,
             "signal2" => y[c][1] += w,
@@ -229,9 +314,17 @@ fn background_reweighting_scales_yields_and_sumw2() {
         let row = &run["table"]["categories"][c];
         assert_eq!(row["background_factor"], factors[c]);
         let background = row["background"].as_f64().unwrap();
-        assert!((background - y[c][2]).abs() <= 1e-9 * y[c][2], "category {c}: {background} vs {}", y[c][2]);
+        assert!(
+            (background - y[c][2]).abs() <= 1e-9 * y[c][2],
+            "category {c}: {background} vs {}",
+            y[c][2]
+        );
         let sumw2 = row["background_sumw2"].as_f64().unwrap();
-        assert!((sumw2 - y[c][3]).abs() <= 1e-9 * y[c][3], "category {c}: {sumw2} vs {}", y[c][3]);
+        assert!(
+            (sumw2 - y[c][3]).abs() <= 1e-9 * y[c][3],
+            "category {c}: {sumw2} vs {}",
+            y[c][3]
+        );
     }
     let z = geometric_z(&y);
     let got = run["table"]["z"].as_f64().unwrap();

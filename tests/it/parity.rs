@@ -68,23 +68,33 @@ fn reference_parity_gmm() {
 }
 
 /// (K, gato-hep's Z1, Z2) on the three-class toy after 100 epochs.
-const GATO_HEP_THREE_CLASS: [(usize, f64, f64); 2] = [(5, 1.3476, 0.2177), (10, 1.4135, 0.2332)];
+const GATO_HEP_THREE_CLASS: [(usize, f64, f64); 2] =
+    [(5, 1.3476, 0.2177), (10, 1.4135, 0.2332)];
 
 #[test]
 #[ignore = "full-size run; minutes"]
 fn reference_parity_three_class() {
     // SAFETY: the parity tests are the only ones that read GATO_INPUT.
     unsafe { std::env::set_var("GATO_INPUT", reference("toy3class_seed42.parquet")) };
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/parquet_three_class.yaml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pipelines/parquet_three_class.yaml");
     let pipeline = gato::config::Pipeline::load(&path).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let options = RunOptions { output: Some(out.path().to_path_buf()), print: true, ..Default::default() };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let options = RunOptions {
+        output: Some(out.path().to_path_buf()),
+        print: true,
+        ..Default::default()
+    };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let summary = runtime.block_on(run_pipeline(&pipeline, &options)).unwrap();
     for (run, (k, z1, z2)) in summary.runs.iter().zip(GATO_HEP_THREE_CLASS) {
         assert_eq!(run.categories, k);
         let z = &run.table.z_per_signal;
-        println!("K = {k}: Z1 {:.4}, Z2 {:.4} in {:.0} s (gato-hep {z1} / {z2})", z[0], z[1], run.training_s);
+        println!(
+            "K = {k}: Z1 {:.4}, Z2 {:.4} in {:.0} s (gato-hep {z1} / {z2})",
+            z[0], z[1], run.training_s
+        );
         assert!(z[0] >= z1, "K = {k}: Z1 {} below gato-hep's {z1}", z[0]);
         assert!(z[1] >= z2, "K = {k}: Z2 {} below gato-hep's {z2}", z[1]);
         // Both beat the argmax baseline with the same K.
