@@ -86,7 +86,7 @@ pub fn apply(
             }
         }
         write_input(sources, index, &categories, &path)?;
-        tracing::info!(input = %sources.input(index).label(), output = %path.display(), "wrote categories");
+        tracing::debug!(input = %sources.input(index).label(), staged = %path.display(), "wrote categories");
         written.push(path);
     }
     Ok(written)

@@ -29,6 +29,10 @@ pub enum Error {
     #[error("training: {0}")]
     Train(String),
 
+    /// A saved model file is unreadable, of another version or invalid.
+    #[error("model file {path}: {message}")]
+    Model { path: PathBuf, message: String },
+
     /// Writing an output failed.
     #[error("output {path}: {message}")]
     Output { path: PathBuf, message: String },

@@ -58,8 +58,9 @@ pub struct CategoryTable {
     pub z: f64,
     /// Categories whose background yield is zero or negative.
     pub nonpositive_background: usize,
-    /// Category indices from the most to the least significant, by the
-    /// objective's combination of the per-signal Z of each category.
+    /// Category indices from the most to the least significant: by the
+    /// largest share Z_ik² / Σ_k Z_ik² of one signal i's significance that
+    /// category k holds (for one signal, simply by Z_k).
     pub by_significance: Vec<usize>,
     /// Names of the signal processes, the order of `signal` and `z`.
     pub signal_processes: Vec<String>,
@@ -197,11 +198,19 @@ fn table_from_yields(
         .collect();
     let z = combine_signals(objective, &z_per_signal);
     let nonpositive_background = rows.iter().filter(|r| r.background <= 0.0).count();
-    let category_z: Vec<f64> =
-        rows.iter().map(|r| combine_signals(objective, &r.z)).collect();
+    // Rank: the largest share of one signal's Σ_k Z_k² that the category
+    // holds, so a category made for one signal ranks by that signal.
+    let share: Vec<f64> = rows
+        .iter()
+        .map(|r| {
+            r.z.iter()
+                .zip(&z_per_signal)
+                .map(|(z, total)| if *total > 0.0 { z * z / (total * total) } else { 0.0 })
+                .fold(0.0, f64::max)
+        })
+        .collect();
     let mut by_significance: Vec<usize> = (0..k).collect();
-    by_significance
-        .sort_by(|&a, &b| category_z[b].total_cmp(&category_z[a]).then(a.cmp(&b)));
+    by_significance.sort_by(|&a, &b| share[b].total_cmp(&share[a]).then(a.cmp(&b)));
     CategoryTable {
         categories: rows,
         z_per_signal,
@@ -255,8 +264,10 @@ pub struct DpOptimum {
 /// programming in O(K·bins²).
 ///
 /// Events outside the range count in the first or last bin. A group is
-/// allowed only if its background yield is positive and, when the pipeline
-/// has a low-background penalty, at least its threshold. Returns `None` for
+/// allowed only if its background yield is positive (or, with
+/// `evaluation.dp_allow_zero_background`, any; such groups score Z = 0)
+/// and, when the pipeline has a low-background penalty, at least its
+/// threshold. Returns `None` for
 /// several signals or discriminants, or when no allowed partition exists.
 pub fn dp_optimum(
     pipeline: &Pipeline,
@@ -295,9 +306,10 @@ pub fn dp_optimum(
     let (cs, cb) = (prefix(&s), prefix(&b));
     let min_background = pipeline.objective.low_background.map_or(0.0, |(t, _)| t);
     let kind = pipeline.objective.significance;
+    let allow_zero = pipeline.evaluation.dp_allow_zero_background;
     let group = |i: usize, j: usize| -> Option<f64> {
         let bg = cb[j] - cb[i];
-        if bg <= 0.0 || bg < min_background {
+        if bg < min_background || (bg <= 0.0 && !allow_zero) {
             return None;
         }
         let z = category_z(kind, cs[j] - cs[i], bg);

@@ -157,28 +157,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     out.display()
                 );
             }
+            // A directory made here is removed again if nothing was written.
+            let created = !out.exists();
             std::fs::create_dir_all(&out).with_context(|| {
                 format!("cannot create the output directory {}", out.display())
             })?;
-            for input in &inputs {
-                let name = input
-                    .file_name()
-                    .with_context(|| format!("{} names no file", input.display()))?;
-                let output = out.join(name);
-                if output.exists() && !overwrite {
-                    anyhow::bail!(
-                        "{} already exists; pass --overwrite to replace it or choose another --out",
-                        output.display()
-                    );
-                }
-                let (rows, missing) = gato::apply::apply_model(&saved, input, &output)?;
-                println!(
-                    "{} -> {} ({rows} rows, {missing} without a category)",
-                    input.display(),
-                    output.display()
-                );
+            let result = apply_all(&saved, &inputs, &out, overwrite);
+            if result.is_err() && created {
+                let _ = std::fs::remove_dir(&out);
             }
-            Ok(())
+            result
         }
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;
@@ -221,6 +209,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Categorises each input with `saved` into `out`.
+fn apply_all(
+    saved: &gato::model::SavedModel,
+    inputs: &[PathBuf],
+    out: &std::path::Path,
+    overwrite: bool,
+) -> anyhow::Result<()> {
+    for input in inputs {
+                let name = input
+                    .file_name()
+                    .with_context(|| format!("{} names no file", input.display()))?;
+                let output = out.join(name);
+                if output.exists() && !overwrite {
+                    anyhow::bail!(
+                        "{} already exists; pass --overwrite to replace it or choose another --out",
+                        output.display()
+                    );
+                }
+                let (rows, missing) = gato::apply::apply_model(saved, input, &output)?;
+                println!(
+                    "{} -> {} ({rows} rows, {missing} without a category)",
+                    input.display(),
+                    output.display()
+                );
+            }
+    Ok(())
 }
 
 fn init_logging(quiet: bool, verbose: u8) {

@@ -203,18 +203,15 @@ pub fn format_run(run: &RunSummary, processes: &[ProcessSummary]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} (K = {}, {}): Z = {:.4}, soft Z = {:.4}, kept epoch {} (from 0){}",
+        "{} (K = {}, {}): Z = {:.4}{}; kept epoch {} (from 0): hard Z {:.4}, soft Z {:.4}",
         run.name,
         run.categories,
         run.significance_formula,
         run.table.z,
-        run.soft_z,
+        if run.refined { " after refining the cuts" } else { "" },
         run.kept_epoch,
-        if run.refined {
-            format!(", Z {:.4} before refining the cuts", run.trained_z)
-        } else {
-            String::new()
-        }
+        run.trained_z,
+        run.soft_z,
     );
     if run.restarts.len() > 1 {
         let starts: Vec<String> = run

@@ -522,7 +522,7 @@ fn warn_about_categories(run: &RunSummary) {
     if table.nonpositive_background > 0 {
         tracing::warn!(
             run = %run.name,
-            "{} categories have zero or negative background yield and score Z = 0",
+            "{} of the categories have zero or negative background yield and score Z = 0",
             table.nonpositive_background
         );
     }
@@ -536,7 +536,7 @@ fn warn_about_categories(run: &RunSummary) {
     }
     let empty = table.categories.iter().filter(|c| c.events == 0).count();
     if empty > 0 {
-        tracing::warn!(run = %run.name, "{empty} categories hold no selected event");
+        tracing::warn!(run = %run.name, "{empty} of the categories hold no selected event");
     }
     let sparse: Vec<String> = table
         .categories

@@ -608,6 +608,10 @@ pub struct EvaluationFile {
     /// Bins of the histogram the dynamic-programming optimum searches.
     #[serde(default = "default_dp_bins")]
     pub dp_bins: usize,
+    /// Let the DP optimum use groups whose background yield is zero or
+    /// negative (they score Z = 0).
+    #[serde(default)]
+    pub dp_allow_zero_background: bool,
     /// Lower edge of the argmax baseline's bins, or no argmax baseline.
     #[serde(default)]
     pub argmax_low: Option<f64>,
@@ -615,7 +619,7 @@ pub struct EvaluationFile {
 
 impl Default for EvaluationFile {
     fn default() -> Self {
-        EvaluationFile { dp_bins: default_dp_bins(), argmax_low: None }
+        EvaluationFile { dp_bins: default_dp_bins(), dp_allow_zero_background: false, argmax_low: None }
     }
 }
 

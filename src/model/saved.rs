@@ -116,33 +116,33 @@ impl SavedModel {
     /// Reads and checks a model file.
     pub fn load(path: &Path) -> Result<SavedModel> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::input(path, format!("cannot read the model file: {e}"))
+            model_error(path, format!("cannot read it: {e}"))
         })?;
         let value: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| Error::input(path, format!("not a JSON model file: {e}")))?;
+            .map_err(|e| model_error(path, format!("not JSON: {e}")))?;
         if value["format"] != FORMAT {
-            return Err(Error::input(
+            return Err(model_error(
                 path,
                 format!(
-                    "not a gato model file: `format` is {}, expected \"{FORMAT}\"",
+                    "not a gato model: `format` is {}, expected \"{FORMAT}\"",
                     value["format"]
                 ),
             ));
         }
         if value["version"] != VERSION {
-            return Err(Error::input(
+            return Err(model_error(
                 path,
                 format!(
-                    "model file version {} is not supported; this gato reads version \
+                    "version {} is not supported; this gato reads version \
                      {VERSION}, so retrain the model or use the gato that wrote it",
                     value["version"]
                 ),
             ));
         }
         let saved: SavedModel = serde_json::from_value(value)
-            .map_err(|e| Error::input(path, format!("invalid model file: {e}")))?;
+            .map_err(|e| model_error(path, format!("invalid: {e}")))?;
         saved.check().map_err(|message| {
-            Error::input(path, format!("invalid model file: {message}"))
+            model_error(path, format!("invalid: {message}"))
         })?;
         Ok(saved)
     }
@@ -256,4 +256,8 @@ impl SavedModel {
             }
         }
     }
+}
+
+fn model_error(path: &Path, message: String) -> Error {
+    Error::Model { path: path.to_path_buf(), message }
 }

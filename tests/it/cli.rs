@@ -416,7 +416,7 @@ fn cli_apply_rejects_other_version_and_missing_column() {
     assert!(!out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim(),
-        "error: input v2.json: model file version 2 is not supported; this gato reads version 1, \
+        "error: model file v2.json: version 2 is not supported; this gato reads version 1, \
          so retrain the model or use the gato that wrote it"
     );
 

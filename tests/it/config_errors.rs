@@ -53,7 +53,7 @@ fn write_file_pipeline(path: &Path, sql: &str) -> String {
     )
 }
 
-fn write_parquet(path: &Path, process: &[&str], score: &[f64], weight: &[f64]) {
+pub(crate) fn write_parquet(path: &Path, process: &[&str], score: &[f64], weight: &[f64]) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("process", DataType::Utf8, false),
         Field::new("score", DataType::Float64, false),

@@ -316,3 +316,37 @@ fn soft_objective_with_reweighting_and_updates() {
         );
     }
 }
+
+/// Background only in the lower half: three groups with positive
+/// background do not exist on four bins, so the DP finds none unless
+/// zero-background groups are allowed; then they score 0.
+#[test]
+fn dp_zero_background_groups_only_when_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    crate::config_errors::write_parquet(
+        &path,
+        &["signal", "signal", "signal", "signal", "bkg1", "bkg1"],
+        &[0.1, 0.3, 0.6, 0.9, 0.1, 0.3],
+        &[1.0, 1.0, 1.0, 1.0, 4.0, 4.0],
+    );
+    let text = format!(
+        "name: z\nsources:\n  mc:\n    files: [\"{}\"]\n    process_column: process\n\
+         processes:\n  - {{ name: signal, role: signal, source: mc }}\n  - {{ name: bkg1, role: background, source: mc }}\n\
+         selection:\n  sql: SELECT score, weight FROM events\n  discriminants: [score]\n\
+         model:\n  kind: sigmoid\n  categories: [3]\n\
+         evaluation:\n  dp_bins: 4\n",
+        path.display()
+    );
+    let mut pipeline = pipeline(&text);
+    let (_, events) = select_events(&pipeline);
+    assert!(dp_optimum(&pipeline, &events, 3, 4).is_none());
+
+    pipeline.evaluation.dp_allow_zero_background = true;
+    let dp = dp_optimum(&pipeline, &events, 3, 4).unwrap();
+    let z2 = |s: f64, b: f64| 2.0 * ((s + b) * (1.0 + s / b).ln() - s);
+    // Best: {bin 0}, {bins 1-2}, {bin 3}: Z²(1, 4) + Z²(2, 4) + 0.
+    let best = (z2(1.0, 4.0) + z2(2.0, 4.0)).sqrt();
+    assert!((dp.z - best).abs() < 1e-12, "{} vs {best}", dp.z);
+    assert_eq!(dp.edges, vec![0.0, 0.25, 0.75, 1.0]);
+}

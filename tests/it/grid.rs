@@ -208,17 +208,21 @@ fn sigmoid_grid_run_matches_float64_recomputation() {
         );
 
         // Categories listed by significance: a permutation, in falling order
-        // of the per-category geometric mean √(Z₁ₖ·Z₂ₖ).
+        // of the largest share of one signal's Σ Z² held by the category.
         let order: Vec<usize> =
             serde_json::from_value(table["by_significance"].clone()).unwrap();
         let mut sorted = order.clone();
         sorted.sort();
         assert_eq!(sorted, (0..k).collect::<Vec<_>>());
-        let zc = |c: usize| {
-            (asimov(y[c][0], y[c][2] + y[c][1]) * asimov(y[c][1], y[c][2] + y[c][0]))
-                .sqrt()
-        };
-        assert!(order.windows(2).all(|w| zc(w[0]) >= zc(w[1]) - 1e-12), "{order:?}");
+        let z1: Vec<f64> = y.iter().map(|r| asimov(r[0], r[2] + r[1])).collect();
+        let z2: Vec<f64> = y.iter().map(|r| asimov(r[1], r[2] + r[0])).collect();
+        let t1: f64 = z1.iter().map(|z| z * z).sum();
+        let t2: f64 = z2.iter().map(|z| z * z).sum();
+        let share = |c: usize| (z1[c] * z1[c] / t1).max(z2[c] * z2[c] / t2);
+        assert!(
+            order.windows(2).all(|w| share(w[0]) >= share(w[1]) - 1e-12),
+            "{order:?}"
+        );
 
         // The equal-bin baseline of the same grid.
         let equal_cuts: Vec<Vec<f64>> =
