@@ -178,29 +178,7 @@ pub fn apply_model(
         ));
     }
     let (schema, batches) = crate::source::read_parquet_file(input)?;
-    for name in &saved.discriminants {
-        let field = schema.field_with_name(name).map_err(|_| {
-            let names: Vec<&str> =
-                schema.fields().iter().map(|f| f.name().as_str()).collect();
-            Error::input(
-                input,
-                format!(
-                    "the model reads column `{name}`, which the file lacks; the file has \
-                     columns [{}]",
-                    names.join(", ")
-                ),
-            )
-        })?;
-        if !field.data_type().is_numeric() {
-            return Err(Error::input(
-                input,
-                format!(
-                    "column `{name}` has type {}, but the model needs numbers",
-                    field.data_type()
-                ),
-            ));
-        }
-    }
+    check_schema(saved, input, &schema)?;
     let model = saved.model();
     let (mut rows, mut missing) = (0usize, 0usize);
     let label = input.display().to_string();
@@ -235,4 +213,42 @@ pub fn apply_model(
         Ok(categories)
     })?;
     Ok((rows, missing))
+}
+
+/// Checks, from the Parquet footer alone, that `input` has the model's
+/// discriminant columns as numbers.
+pub fn check_model_columns(saved: &SavedModel, input: &Path) -> Result<()> {
+    let builder = crate::source::parquet_reader(input)?;
+    check_schema(saved, input, builder.schema())
+}
+
+fn check_schema(
+    saved: &SavedModel,
+    input: &Path,
+    schema: &datafusion::arrow::datatypes::Schema,
+) -> Result<()> {
+    for name in &saved.discriminants {
+        let field = schema.field_with_name(name).map_err(|_| {
+            let names: Vec<&str> =
+                schema.fields().iter().map(|f| f.name().as_str()).collect();
+            Error::input(
+                input,
+                format!(
+                    "the model reads column `{name}`, which the file lacks; the file has \
+                     columns [{}]",
+                    names.join(", ")
+                ),
+            )
+        })?;
+        if !field.data_type().is_numeric() {
+            return Err(Error::input(
+                input,
+                format!(
+                    "column `{name}` has type {}, but the model needs numbers",
+                    field.data_type()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -205,7 +205,9 @@ fn table_from_yields(
         .map(|r| {
             r.z.iter()
                 .zip(&z_per_signal)
-                .map(|(z, total)| if *total > 0.0 { z * z / (total * total) } else { 0.0 })
+                .map(
+                    |(z, total)| if *total > 0.0 { z * z / (total * total) } else { 0.0 },
+                )
                 .fold(0.0, f64::max)
         })
         .collect();

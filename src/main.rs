@@ -170,6 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;
+            gato::device::check(pipeline.device)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -218,24 +219,28 @@ fn apply_all(
     out: &std::path::Path,
     overwrite: bool,
 ) -> anyhow::Result<()> {
+    // Every input is checked before the first output is written.
     for input in inputs {
-                let name = input
-                    .file_name()
-                    .with_context(|| format!("{} names no file", input.display()))?;
-                let output = out.join(name);
-                if output.exists() && !overwrite {
-                    anyhow::bail!(
-                        "{} already exists; pass --overwrite to replace it or choose another --out",
-                        output.display()
-                    );
-                }
-                let (rows, missing) = gato::apply::apply_model(saved, input, &output)?;
-                println!(
-                    "{} -> {} ({rows} rows, {missing} without a category)",
-                    input.display(),
-                    output.display()
-                );
-            }
+        gato::apply::check_model_columns(saved, input)?;
+    }
+    for input in inputs {
+        let name = input
+            .file_name()
+            .with_context(|| format!("{} names no file", input.display()))?;
+        let output = out.join(name);
+        if output.exists() && !overwrite {
+            anyhow::bail!(
+                "{} already exists; pass --overwrite to replace it or choose another --out",
+                output.display()
+            );
+        }
+        let (rows, missing) = gato::apply::apply_model(saved, input, &output)?;
+        println!(
+            "{} -> {} ({rows} rows, {missing} without a category)",
+            input.display(),
+            output.display()
+        );
+    }
     Ok(())
 }
 

@@ -54,9 +54,27 @@ enum Engine<'a> {
 /// Runs `pipeline` and returns its summary, also written to
 /// `summary.json`.
 pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
-    let started = Instant::now();
     let output = options.output.clone().unwrap_or_else(|| pipeline.output.clone());
     check_output(pipeline, &output, options.overwrite)?;
+    let result = run_checked(pipeline, options, &output).await;
+    if result.is_err() {
+        // A failed run leaves no staged files behind; earlier outputs stay.
+        let staging = output.join(".gato-staging");
+        if staging.is_dir() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+    }
+    result
+}
+
+/// [`run_pipeline`] after the output directory passed its checks.
+async fn run_checked(
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    output: &Path,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let output = output.to_path_buf();
     let device = options.device.unwrap_or(pipeline.device);
     crate::device::check(device)?;
 
@@ -586,9 +604,16 @@ fn publish(
     let previous = if overwrite { previous_run_names(output) } else { Vec::new() };
     for run in &summary.runs {
         let target = output.join(&run.name);
-        if target.exists() {
+        if target.is_dir() {
             std::fs::remove_dir_all(&target).map_err(|e| {
                 Error::output(&target, format!("cannot remove the earlier run: {e}"))
+            })?;
+        } else if target.exists() {
+            std::fs::remove_file(&target).map_err(|e| {
+                Error::output(
+                    &target,
+                    format!("cannot remove the file in the run's place: {e}"),
+                )
             })?;
         }
         std::fs::rename(staging.join(&run.name), &target).map_err(|e| {
@@ -626,16 +651,28 @@ fn previous_run_names(output: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Rejects an output directory that is a file or an input, and existing
-/// outputs unless `overwrite`.
+/// Rejects an output directory that is a file or an input, an input that
+/// lies where the run writes or removes files, and existing outputs unless
+/// `overwrite`.
 fn check_output(pipeline: &Pipeline, output: &Path, overwrite: bool) -> Result<()> {
     if output.is_file() {
         return Err(Error::output(output, "is a file; give a directory for the outputs"));
     }
+    let new_runs: Vec<String> =
+        pipeline.model.bins.iter().map(|b| run_name(&build_model(pipeline, b))).collect();
+    // Everything the run may replace or remove under the output directory.
+    let mut touched: Vec<PathBuf> =
+        vec![output.join(".gato-staging"), output.join("summary.json")];
+    touched.extend(new_runs.iter().map(|n| output.join(n)));
+    if overwrite {
+        touched.extend(previous_run_names(output).iter().map(|n| output.join(n)));
+    }
     let canonical_out = output.canonicalize().ok();
+    let touched: Vec<PathBuf> =
+        touched.iter().filter_map(|p| p.canonicalize().ok()).collect();
     for input in pipeline.input_paths() {
-        let canonical_in = input.canonicalize().ok();
-        if canonical_out.is_some() && canonical_out == canonical_in {
+        let Ok(canonical_in) = input.canonicalize() else { continue };
+        if canonical_out.as_ref() == Some(&canonical_in) {
             return Err(Error::output(
                 output,
                 format!(
@@ -644,12 +681,36 @@ fn check_output(pipeline: &Pipeline, output: &Path, overwrite: bool) -> Result<(
                 ),
             ));
         }
+        if let Some(place) = touched.iter().find(|t| canonical_in.starts_with(t)) {
+            return Err(Error::output(
+                output,
+                format!(
+                    "the input {} lies in {}, which this run writes or removes; move the \
+                     input or choose another output directory",
+                    input.display(),
+                    place.display()
+                ),
+            ));
+        }
     }
-    if output.join("summary.json").exists() && !overwrite {
+    if overwrite {
+        return Ok(());
+    }
+    if output.join("summary.json").exists() {
         return Err(Error::output(
             output,
             "already holds the outputs of a run; pass --overwrite to replace them or \
              choose another directory with --out",
+        ));
+    }
+    if let Some(existing) = new_runs.iter().map(|n| output.join(n)).find(|p| p.exists()) {
+        return Err(Error::output(
+            output,
+            format!(
+                "{} already exists and this run would replace it; pass --overwrite to \
+                 replace it or choose another directory with --out",
+                existing.display()
+            ),
         ));
     }
     Ok(())

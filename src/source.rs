@@ -278,7 +278,7 @@ pub fn read_parquet_file(path: &std::path::Path) -> Result<(SchemaRef, BatchIter
     Ok((schema, Box::new(batches)))
 }
 
-fn parquet_reader(
+pub(crate) fn parquet_reader(
     path: &std::path::Path,
 ) -> Result<ParquetRecordBatchReaderBuilder<std::fs::File>> {
     let file = std::fs::File::open(path)

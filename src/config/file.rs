@@ -198,9 +198,9 @@ pub struct ModelFile {
     /// absent.
     #[serde(default)]
     pub sigma_base: Option<f64>,
-    /// Start of the GMM means.
+    /// Start of the GMM means; `quantiles` when absent.
     #[serde(default)]
-    pub init: GmmInit,
+    pub init: Option<GmmInit>,
     /// Mapping of raw GMM means onto the discriminant space.
     #[serde(default)]
     pub means: MeanMapping,
@@ -266,11 +266,48 @@ impl<'de> Deserialize<'de> for RangeFile {
     fn deserialize<D: serde::Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
         enum Item {
             Number(f64),
             Pair([f64; 2]),
+        }
+        impl<'de> Deserialize<'de> for Item {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> Result<Self, D::Error> {
+                struct ItemVisitor;
+                impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+                    type Value = Item;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a number or a [low, high] pair")
+                    }
+                    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Item, E> {
+                        Ok(Item::Number(v))
+                    }
+                    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Item, E> {
+                        Ok(Item::Number(v as f64))
+                    }
+                    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Item, E> {
+                        Ok(Item::Number(v as f64))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut seq: A,
+                    ) -> Result<Item, A::Error> {
+                        let mut values = Vec::new();
+                        while let Some(v) = seq.next_element::<f64>()? {
+                            values.push(v);
+                        }
+                        match values[..] {
+                            [lo, hi] => Ok(Item::Pair([lo, hi])),
+                            _ => Err(serde::de::Error::custom(format!(
+                                "a range is [low, high], got {} numbers",
+                                values.len()
+                            ))),
+                        }
+                    }
+                }
+                deserializer.deserialize_any(ItemVisitor)
+            }
         }
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
@@ -451,13 +488,47 @@ pub struct ReweightFile {
 }
 
 /// Reweighting factors: one for all categories, or one per category.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Factors {
     /// The same factor in every category.
     Uniform(f64),
     /// One factor per category.
     PerCategory(Vec<f64>),
+}
+
+impl<'de> Deserialize<'de> for Factors {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Factors;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number, or a list of numbers with one per category")
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Factors, E> {
+                Ok(Factors::Uniform(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Factors, E> {
+                Ok(Factors::Uniform(v as f64))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Factors, E> {
+                Ok(Factors::Uniform(v as f64))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Factors, A::Error> {
+                let mut values = Vec::new();
+                while let Some(v) = seq.next_element::<f64>()? {
+                    values.push(v);
+                }
+                Ok(Factors::PerCategory(values))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// Combination of per-signal significances Z_i.
@@ -619,7 +690,11 @@ pub struct EvaluationFile {
 
 impl Default for EvaluationFile {
     fn default() -> Self {
-        EvaluationFile { dp_bins: default_dp_bins(), dp_allow_zero_background: false, argmax_low: None }
+        EvaluationFile {
+            dp_bins: default_dp_bins(),
+            dp_allow_zero_background: false,
+            argmax_low: None,
+        }
     }
 }
 

@@ -296,6 +296,12 @@ impl Pipeline {
                 ),
             ));
         }
+        if file.output.as_deref().is_some_and(|o| o.trim().is_empty()) {
+            return Err(plain(
+                "output",
+                "is empty; give a directory, or remove the key for runs/NAME".into(),
+            ));
+        }
         let output = PathBuf::from(
             file.output.clone().unwrap_or_else(|| format!("runs/{}", file.name)),
         );
@@ -666,6 +672,26 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
     if s.discriminants.is_empty() {
         return Err(plain("selection.discriminants", "name at least one column".into()));
     }
+    if let Some((i, d)) = s
+        .discriminants
+        .iter()
+        .enumerate()
+        .find(|(i, d)| s.discriminants[..*i].contains(d))
+    {
+        return Err(plain(
+            "selection.discriminants",
+            format!("`{d}` is listed twice (entry {}); list each column once", i + 1),
+        ));
+    }
+    if s.discriminants.contains(&s.weight) {
+        return Err(plain(
+            "selection.discriminants",
+            format!(
+                "`{}` is the weight column; a discriminant cannot be the weight",
+                s.weight
+            ),
+        ));
+    }
     Ok(Selection {
         sql,
         discriminants: s.discriminants.clone(),
@@ -743,7 +769,7 @@ fn validate_model(
     }
     let categories: Vec<usize> = bins.iter().map(|b| b.iter().product()).collect();
     let check_range = |lo: f64, hi: f64, loc: &Location| {
-        if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+        if !(lo.is_finite() && hi.is_finite() && lo < hi && (hi - lo).is_finite()) {
             return Err(at(
                 loc,
                 "model.range",
@@ -799,8 +825,10 @@ fn validate_model(
                     ));
                 }
                 list.iter()
-                    .map(|one| {
-                        schedule_check(one, &s.referenced, "model.steepness", false, at)
+                    .enumerate()
+                    .map(|(i, one)| {
+                        let key = format!("model.steepness (entry {})", i + 1);
+                        schedule_check(one, &s.referenced, &key, false, at)
                     })
                     .collect::<Result<_>>()?
             }
@@ -829,7 +857,7 @@ fn validate_model(
         steepness,
         temperature,
         sigma_base: m.sigma_base,
-        init: m.init,
+        init: m.init.unwrap_or_default(),
         means: m.means,
     })
 }
@@ -837,6 +865,20 @@ fn validate_model(
 /// Rejects keys that do not apply to the chosen model kind.
 fn check_model_keys(spanned: &Spanned<file::ModelFile>, at: &AtFn) -> Result<()> {
     let m = &spanned.value;
+    if m.kind == ModelKind::Sigmoid && m.sigma_base.is_some() {
+        return Err(at(
+            &spanned.referenced,
+            "model.sigma_base",
+            "applies to the GMM only; remove it for the sigmoid model".into(),
+        ));
+    }
+    if m.kind == ModelKind::Sigmoid && m.init.is_some() {
+        return Err(at(
+            &spanned.referenced,
+            "model.init",
+            "applies to the GMM only; remove it for the sigmoid model".into(),
+        ));
+    }
     if m.kind == ModelKind::Sigmoid && m.means != file::MeanMapping::Range {
         return Err(at(
             &spanned.referenced,
@@ -1005,6 +1047,23 @@ fn validate_reweight(
             KEY,
             format!("factors must be finite and non-negative, got {bad}"),
         ));
+    }
+    let all_backgrounds = file
+        .processes
+        .iter()
+        .zip(&scaled)
+        .all(|(p, scaled)| p.value.role != Role::Background || *scaled);
+    if let Some(c) = values.iter().position(|f| *f == 0.0).filter(|_| all_backgrounds) {
+        return Err(plain(
+            KEY,
+            format!(
+                "factor 0 (for category {c}) on every background process leaves that \
+                 category without background; use factors above 0 or reweight fewer processes"
+            ),
+        ));
+    }
+    if let Some(bad) = values.iter().find(|f| **f > 1e6) {
+        return Err(plain(KEY, format!("factors must be at most 1e6, got {bad}")));
     }
     Ok(ReweightSpec { scaled, factors })
 }

@@ -115,9 +115,8 @@ impl SavedModel {
 
     /// Reads and checks a model file.
     pub fn load(path: &Path) -> Result<SavedModel> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            model_error(path, format!("cannot read it: {e}"))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| model_error(path, format!("cannot read it: {e}")))?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| model_error(path, format!("not JSON: {e}")))?;
         if value["format"] != FORMAT {
@@ -141,9 +140,9 @@ impl SavedModel {
         }
         let saved: SavedModel = serde_json::from_value(value)
             .map_err(|e| model_error(path, format!("invalid: {e}")))?;
-        saved.check().map_err(|message| {
-            model_error(path, format!("invalid: {message}"))
-        })?;
+        saved
+            .check()
+            .map_err(|message| model_error(path, format!("invalid: {message}")))?;
         Ok(saved)
     }
 
@@ -222,6 +221,59 @@ impl SavedModel {
                 "`sigma_base` must be positive, got {}",
                 self.sigma_base
             ));
+        }
+        if let Some((i, name)) = self
+            .discriminants
+            .iter()
+            .enumerate()
+            .find(|(i, n)| self.discriminants[..*i].contains(n))
+        {
+            return Err(format!(
+                "discriminant `{name}` is listed twice (entry {})",
+                i + 1
+            ));
+        }
+        for ((name, shape), values) in p.names.iter().zip(&p.shapes).zip(&p.values) {
+            if shape.iter().product::<usize>() != values.len() {
+                return Err(format!(
+                    "parameter `{name}` has shape {shape:?} but {} values",
+                    values.len()
+                ));
+            }
+        }
+        // The cut positions are written for reading; they must agree with
+        // the parameters, which define the model.
+        let model = self.model();
+        let written: Option<Vec<Vec<f64>>> =
+            match (&self.boundaries, &self.grid_boundaries) {
+                (Some(b), None) => Some(vec![b.clone()]),
+                (None, Some(g)) => Some(g.clone()),
+                (None, None) => None,
+                (Some(_), Some(_)) => {
+                    return Err("give `boundaries` or `grid_boundaries`, not both".into());
+                }
+            };
+        let expected = model.cuts(&self.parameters);
+        match (written, expected) {
+            (None, None) => {}
+            (Some(w), Some(e)) => {
+                let same = w.len() == e.len()
+                    && w.iter().zip(&e).all(|(a, b)| {
+                        a.len() == b.len()
+                            && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-9 * (1.0 + y.abs()))
+                    });
+                if !same {
+                    return Err(format!(
+                        "the cut positions {w:?} do not match the parameters, which put them at \
+                         {e:?}; the parameters define the model, so remove the positions or \
+                         restore the file"
+                    ));
+                }
+            }
+            (None, Some(_)) => {
+                return Err("a sigmoid model needs its cut positions (`boundaries` or `grid_boundaries`)".into())
+            }
+            (Some(_), None) => return Err("only sigmoid models have cut positions".into()),
         }
         Ok(())
     }

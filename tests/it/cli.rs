@@ -432,4 +432,114 @@ fn cli_apply_rejects_other_version_and_missing_column() {
         "error: input sample.parquet: the model reads column `nn_score`, which the file lacks; \
          the file has columns [process, weight, score]"
     );
+    // Nothing was written, and the output directory made for it is gone.
+    assert!(!dir.path().join("a").exists());
+
+    // A good input followed by a bad one: every input is checked first, so
+    // no output is written.
+    std::fs::write(dir.path().join("junk.parquet"), b"not parquet").unwrap();
+    let out = gato(
+        &[
+            "apply",
+            "--model",
+            "out/sigmoid_k3/model.json",
+            "--out",
+            "b",
+            "sample.parquet",
+            "junk.parquet",
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("input junk.parquet"));
+    assert!(!dir.path().join("b").exists());
+
+    // Cut positions edited by hand no longer match the parameters.
+    let value: Value = serde_json::from_str(&text).unwrap();
+    let cuts = value["boundaries"].as_array().unwrap().clone();
+    let edited = text.replacen(
+        &format!("{}", cuts[0].as_f64().unwrap()),
+        &format!("{}", cuts[0].as_f64().unwrap() + 0.01),
+        1,
+    );
+    std::fs::write(dir.path().join("edited.json"), edited).unwrap();
+    let out = gato(
+        &["apply", "--model", "edited.json", "--out", "c", "sample.parquet"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("error: model file edited.json: invalid: the cut positions"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("do not match the parameters"), "{stderr}");
+}
+
+/// Files the run would replace: an input inside a run directory, or a run
+/// directory left by hand, need --overwrite or are refused.
+#[test]
+fn cli_run_protects_inputs_and_existing_run_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("out/sigmoid_k3")).unwrap();
+    let out = gato(
+        &[
+            "generate",
+            "toy-1d",
+            "--out",
+            "out/sigmoid_k3/sample.parquet",
+            "--signal",
+            "300",
+            "--background",
+            "900",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    let input = std::fs::read(dir.path().join("out/sigmoid_k3/sample.parquet")).unwrap();
+    let text = std::fs::read_to_string(write_pipeline(dir.path(), "")).unwrap();
+    std::fs::write(
+        dir.path().join("pipeline.yaml"),
+        text.replace("[sample.parquet]", "[out/sigmoid_k3/sample.parquet]"),
+    )
+    .unwrap();
+    for args in [
+        &["-q", "run", "pipeline.yaml"][..],
+        &["-q", "run", "pipeline.yaml", "--overwrite"][..],
+    ] {
+        let out = gato(args, dir.path());
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("the input out/sigmoid_k3/sample.parquet lies in"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("which this run writes or removes"), "{stderr}");
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("out/sigmoid_k3/sample.parquet")).unwrap(),
+        input
+    );
+
+    // A run directory without summary.json beside it: refused without
+    // --overwrite, and the file in it kept.
+    std::fs::rename(
+        dir.path().join("out/sigmoid_k3/sample.parquet"),
+        dir.path().join("sample.parquet"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("out/sigmoid_k3/notes.txt"), "mine").unwrap();
+    write_pipeline(dir.path(), "");
+    let out = gato(&["-q", "run", "pipeline.yaml"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("out/sigmoid_k3 already exists and this run would replace it; pass --overwrite"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/sigmoid_k3/notes.txt")).unwrap(),
+        "mine"
+    );
+    let out = gato(&["-q", "run", "pipeline.yaml", "--overwrite"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!dir.path().join("out/sigmoid_k3/notes.txt").exists());
+    assert!(!dir.path().join("out/.gato-staging").exists());
 }

@@ -53,7 +53,12 @@ fn write_file_pipeline(path: &Path, sql: &str) -> String {
     )
 }
 
-pub(crate) fn write_parquet(path: &Path, process: &[&str], score: &[f64], weight: &[f64]) {
+pub(crate) fn write_parquet(
+    path: &Path,
+    process: &[&str],
+    score: &[f64],
+    weight: &[f64],
+) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("process", DataType::Utf8, false),
         Field::new("score", DataType::Float64, false),
@@ -558,7 +563,7 @@ fn error_grid_settings() {
     ));
     assert_eq!(
         err,
-        "p.yaml:14:14: model.steepness: `initial` must be finite and positive, got -1"
+        "p.yaml:14:14: model.steepness (entry 2): `initial` must be finite and positive, got -1"
     );
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10, fnal: 3 }, { initial: 1 }]\n",
@@ -656,4 +661,85 @@ fn error_cuda_without_feature() {
         "{stderr}"
     );
     assert!(!dir.path().join("out/summary.json").exists());
+}
+
+#[test]
+fn error_keys_and_columns_that_cannot_apply() {
+    let err = config_error(
+        &BASE.replace("  categories: [3]\n", "  categories: [3]\n  sigma_base: 0.1\n"),
+    );
+    assert_eq!(
+        err,
+        "p.yaml:12:3: model.sigma_base: applies to the GMM only; remove it for the sigmoid model"
+    );
+    let err = config_error(
+        &BASE.replace("  categories: [3]\n", "  categories: [3]\n  init: random\n"),
+    );
+    assert_eq!(
+        err,
+        "p.yaml:12:3: model.init: applies to the GMM only; remove it for the sigmoid model"
+    );
+    let err = config_error(
+        &BASE
+            .replace("  discriminants: [score]\n", "  discriminants: [score, score]\n")
+            .replace("[3]", "[[3, 3]]"),
+    );
+    assert_eq!(
+        err,
+        "p.yaml: selection.discriminants: `score` is listed twice (entry 2); list each column once"
+    );
+    let err = config_error(
+        &BASE.replace("  discriminants: [score]\n", "  discriminants: [weight]\n"),
+    );
+    assert_eq!(
+        err,
+        "p.yaml: selection.discriminants: `weight` is the weight column; a discriminant cannot be the weight"
+    );
+    let err = config_error(&format!("{BASE}output: \"\"\n"));
+    assert_eq!(
+        err,
+        "p.yaml: output: is empty; give a directory, or remove the key for runs/NAME"
+    );
+    let err =
+        config_error(&BASE.replace(
+            "  categories: [3]\n",
+            "  categories: [3]\n  range: [-1e308, 1e308]\n",
+        ));
+    assert!(
+        err.starts_with(
+            "p.yaml:14:10: model.range: must be [low, high] with finite low < high"
+        ),
+        "{err}"
+    );
+    let err = config_error(
+        &BASE.replace("  categories: [3]\n", "  categories: [3]\n  range: [0, 1, 2]\n"),
+    );
+    assert!(
+        err.contains(
+            "expected [low, high], or a list of [low, high] with one per discriminant"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("untagged"), "{err}");
+    let err =
+        config_error(&BASE.replace(
+            "  categories: [3]\n",
+            "  categories: [3]\n  range: [[0, 1], [0]]\n",
+        ));
+    assert!(err.contains("a range is [low, high], got 1 numbers"), "{err}");
+    let err = config_error(&format!(
+        "{BASE}objective:\n  background_reweight:\n    processes: [bkg1]\n    factors: 0\n"
+    ));
+    assert_eq!(
+        err,
+        "p.yaml: objective.background_reweight: factor 0 (for category 0) on every background \
+         process leaves that category without background; use factors above 0 or reweight fewer processes"
+    );
+    let err = config_error(&format!(
+        "{BASE}objective:\n  background_reweight:\n    processes: [bkg1]\n    factors: \"2\"\n"
+    ));
+    assert!(
+        err.contains("a number, or a list of numbers with one per category"),
+        "{err}"
+    );
 }
