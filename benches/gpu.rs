@@ -12,7 +12,7 @@
 //! For each size N, the 1D toy gets N/4 signal and 3N/4 background events
 //! and is cut by sigmoids into K = 5 categories; the three-class toy gets
 //! N/7 events per signal and 5N/7 background events and is split by a 2D
-//! GMM with simplex means into K = 5 categories. Training holds every
+//! GMM with simplex means into K = 5 categories. Training keeps every
 //! selected event in memory on the device (several GiB at 100M events).
 //! Exits with status 1 when a comparison fails.
 

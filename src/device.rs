@@ -53,7 +53,7 @@ pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 pub type CudaBackend = burn::backend::Autodiff<burn_cuda::Cuda<f32, i32>>;
 
 /// Checks that `choice` can be used by this binary on this machine: the
-/// `cuda` feature is built in and the GPU answers a first tensor operation.
+/// `cuda` feature is built in and the GPU runs a first tensor operation.
 pub fn check(choice: DeviceChoice) -> Result<()> {
     match choice {
         DeviceChoice::Cpu => Ok(()),
@@ -84,7 +84,7 @@ fn probe_cuda(index: usize) -> Result<()> {
     match outcome {
         Ok(Some(sum)) if sum == 4.0 => Ok(()),
         Ok(other) => Err(Error::Config(format!(
-            "device cuda:{index} answered a test sum of four ones with {other:?}; the GPU or driver is not usable"
+            "device cuda:{index} returned {other:?} for a test sum of four ones; the GPU or driver is not usable"
         ))),
         Err(panic) => {
             let message = panic

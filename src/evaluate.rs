@@ -60,7 +60,7 @@ pub struct CategoryTable {
     pub nonpositive_background: usize,
     /// Category indices from the most to the least significant: by the
     /// largest share Z_ik² / Σ_k Z_ik² of one signal i's significance that
-    /// category k holds (for one signal, simply by Z_k).
+    /// falls in category k (for one signal, simply by Z_k).
     pub by_significance: Vec<usize>,
     /// Names of the signal processes, the order of `signal` and `z`.
     pub signal_processes: Vec<String>,
@@ -199,7 +199,7 @@ fn table_from_yields(
     let z = combine_signals(objective, &z_per_signal);
     let nonpositive_background = rows.iter().filter(|r| r.background <= 0.0).count();
     // Rank: the largest share of one signal's Σ_k Z_k² that the category
-    // holds, so a category made for one signal ranks by that signal.
+    // falls in it, so a category made for one signal ranks by that signal.
     let share: Vec<f64> = rows
         .iter()
         .map(|r| {

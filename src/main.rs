@@ -69,9 +69,11 @@ enum Command {
     /// Check a pipeline without training: YAML, keys, types, settings, input
     /// files, and the selection's SQL and output columns.
     ///
-    /// Reads every input's schema and plans the SQL, but reads no events, so
-    /// problems in the data itself (non-finite values, processes without
-    /// events) show only when the pipeline runs.
+    /// Reads every input file's schema and plans the SQL, but reads no
+    /// events from files, so problems in the data itself (non-finite values,
+    /// processes without events) show only when the pipeline runs. A
+    /// generator source is generated in full, to get its columns. Checks that
+    /// the pipeline's `device` is usable.
     Validate {
         /// Pipeline YAML file.
         pipeline: PathBuf,

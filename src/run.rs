@@ -554,7 +554,7 @@ fn warn_about_categories(run: &RunSummary) {
     }
     let empty = table.categories.iter().filter(|c| c.events == 0).count();
     if empty > 0 {
-        tracing::warn!(run = %run.name, "{empty} of the categories hold no selected event");
+        tracing::warn!(run = %run.name, "{empty} of the categories contain no selected event");
     }
     let sparse: Vec<String> = table
         .categories
@@ -569,6 +569,27 @@ fn warn_about_categories(run: &RunSummary) {
              so their background yield and Z are unreliable; add a `low_background` or \
              `mc_uncertainty` penalty",
             sparse.join(", ")
+        );
+    }
+    let uncertain: Vec<String> = table
+        .categories
+        .iter()
+        .filter(|c| c.relative_mc_uncertainty.is_some_and(|u| u > 1.0))
+        .map(|c| {
+            format!(
+                "{} ({:.0} %)",
+                c.category,
+                100.0 * c.relative_mc_uncertainty.unwrap_or(0.0)
+            )
+        })
+        .collect();
+    if !uncertain.is_empty() {
+        tracing::warn!(
+            run = %run.name,
+            "categories [{}] have a relative MC uncertainty √Σw²/B above 100 % (negative \
+             weights cancelling, or a few large weights), so their Z is meaningless; add an \
+             `mc_uncertainty` penalty",
+            uncertain.join(", ")
         );
     }
 }

@@ -117,7 +117,13 @@ impl SavedModel {
     pub fn load(path: &Path) -> Result<SavedModel> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| model_error(path, format!("cannot read it: {e}")))?;
-        let value: serde_json::Value = serde_json::from_str(&text)
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and checks the text of a model file; `path` names it in
+    /// messages.
+    pub fn from_json(text: &str, path: &Path) -> Result<SavedModel> {
+        let value: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| model_error(path, format!("not JSON: {e}")))?;
         if value["format"] != FORMAT {
             return Err(model_error(

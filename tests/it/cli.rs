@@ -477,9 +477,9 @@ fn cli_apply_rejects_other_version_and_missing_column() {
 }
 
 /// Files the run would replace: an input inside a run directory, or a run
-/// directory left by hand, need --overwrite or are refused.
+/// directory left by hand, need --overwrite or are rejected.
 #[test]
-fn cli_run_protects_inputs_and_existing_run_directories() {
+fn run_protects_inputs_and_run_directories() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("out/sigmoid_k3")).unwrap();
     let out = gato(
@@ -521,7 +521,7 @@ fn cli_run_protects_inputs_and_existing_run_directories() {
         input
     );
 
-    // A run directory without summary.json beside it: refused without
+    // A run directory without summary.json beside it: rejected without
     // --overwrite, and the file in it kept.
     std::fs::rename(
         dir.path().join("out/sigmoid_k3/sample.parquet"),

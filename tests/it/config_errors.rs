@@ -664,7 +664,7 @@ fn error_cuda_without_feature() {
 }
 
 #[test]
-fn error_keys_and_columns_that_cannot_apply() {
+fn error_inapplicable_keys_and_columns() {
     let err = config_error(
         &BASE.replace("  categories: [3]\n", "  categories: [3]\n  sigma_base: 0.1\n"),
     );

@@ -321,7 +321,7 @@ fn soft_objective_with_reweighting_and_updates() {
 /// background do not exist on four bins, so the DP finds none unless
 /// zero-background groups are allowed; then they score 0.
 #[test]
-fn dp_zero_background_groups_only_when_allowed() {
+fn dp_zero_background_groups_need_permission() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("x.parquet");
     crate::config_errors::write_parquet(

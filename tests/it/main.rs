@@ -4,6 +4,7 @@ mod cli;
 mod common;
 mod config_errors;
 mod evaluate;
+mod fuzz_regressions;
 mod grid;
 mod kill;
 mod parity;
