@@ -42,7 +42,7 @@ pub enum Error {
     Internal(String),
 
     /// An error from DataFusion, with the stage it happened in.
-    #[error("{context}: {source}")]
+    #[error("{}: {}", .context, without_hidden_columns(&.source.to_string()))]
     DataFusion {
         context: String,
         #[source]
@@ -67,5 +67,37 @@ impl Error {
         source: datafusion::error::DataFusionError,
     ) -> Self {
         Error::DataFusion { context: context.into(), source }
+    }
+}
+
+/// Removes gato's hidden bookkeeping columns from lists of column names in
+/// a DataFusion message, so that it lists only the user's columns.
+fn without_hidden_columns(message: &str) -> String {
+    let mut out = message.to_string();
+    for name in ["_gato_process", "_gato_input", "_gato_row"] {
+        for pattern in [
+            format!(", events.{name}"),
+            format!(", {name}"),
+            format!("events.{name}, "),
+            format!("{name}, "),
+        ] {
+            out = out.replace(&pattern, "");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hidden_columns_left_out_of_messages() {
+        let message = "No field named x. Valid fields are events.score, events.weight, \
+                       events._gato_process, events._gato_input, events._gato_row.";
+        assert_eq!(
+            without_hidden_columns(message),
+            "No field named x. Valid fields are events.score, events.weight."
+        );
     }
 }

@@ -743,3 +743,81 @@ fn error_inapplicable_keys_and_columns() {
         "{err}"
     );
 }
+
+#[test]
+fn error_malformed_yaml_and_missing_roles() {
+    let err = config_error("name: t\nprocesses: [\n");
+    assert!(err.starts_with("p.yaml: invalid pipeline: line"), "{err}");
+    let err = config_error(&BASE.replace(
+        "  - { name: signal, role: signal, source: toy }\n",
+        "  - { name: signal, role: background, source: toy }\n",
+    ));
+    assert!(err.contains("processes") && err.contains("signal"), "{err}");
+    let err = config_error(&BASE.replace(
+        "  - { name: bkg1, role: background, source: toy }\n",
+        "  - { name: bkg1, role: signal, source: toy }\n",
+    ));
+    assert!(err.contains("processes") && err.contains("background"), "{err}");
+    let gmm = BASE.replace("  kind: sigmoid\n", "  kind: gmm\n");
+    let err = config_error(&gmm.replace(
+        "  categories: [3]\n",
+        "  categories: [3]\n  temperature: { initial: 0 }\n",
+    ));
+    assert_eq!(
+        err,
+        "p.yaml:14:16: model.temperature: `initial` must be finite and positive, got 0"
+    );
+}
+
+#[test]
+fn error_discriminant_of_wrong_type() {
+    let text = BASE.replace(
+        "SELECT score, weight FROM events",
+        "SELECT process AS score, weight FROM events",
+    );
+    let err = select_error(&text);
+    assert!(err.starts_with("selection:"), "{err}");
+    assert!(err.contains("`score`"), "{err}");
+    assert!(err.contains("Utf8"), "{err}");
+}
+
+/// The output directory is a file (the input itself, here), or cannot be
+/// created because a file is in its way.
+#[test]
+fn error_unusable_output_directory() {
+    let (dir, input) = two_event_file();
+    let pipeline = Pipeline::from_text(
+        &write_file_pipeline(&input, "SELECT score, weight FROM events"),
+        "p.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let run = |out: &Path| {
+        let options = gato::run::RunOptions {
+            output: Some(out.to_path_buf()),
+            ..Default::default()
+        };
+        runtime
+            .block_on(gato::run::run_pipeline(&pipeline, &options))
+            .unwrap_err()
+            .to_string()
+    };
+    let err = run(&input);
+    assert_eq!(
+        err,
+        format!(
+            "output {}: is a file; give a directory for the outputs",
+            input.display()
+        )
+    );
+    let blocked = dir.path().join("x.parquet/sub");
+    let err = run(&blocked);
+    assert!(
+        err.starts_with(&format!(
+            "output {}: cannot create the output directory",
+            blocked.display()
+        )),
+        "{err}"
+    );
+}
