@@ -154,7 +154,9 @@ fn main() {
             let mut spec = ToySpec::new(kind, 11);
             (spec.signal, spec.background) = match kind {
                 GeneratorKind::Toy1d => (n / 4, n - n / 4),
-                GeneratorKind::ThreeClass => (n / 7, n - 2 * (n / 7)),
+                GeneratorKind::ThreeClass | GeneratorKind::Resonance => {
+                    (n / 7, n - 2 * (n / 7))
+                }
             };
             let input = work.path().join(format!("{toy}_{n}.parquet"));
             write_parquet(&spec, &input).unwrap_or_else(|e| panic!("{e}"));

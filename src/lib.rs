@@ -25,6 +25,7 @@ pub mod optimize;
 pub mod report;
 pub mod run;
 pub mod select;
+pub mod sideband;
 pub mod significance;
 pub mod source;
 pub mod toy;

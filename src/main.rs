@@ -111,6 +111,8 @@ enum ToyKind {
     Toy1d,
     /// Two signals and five backgrounds with three scores.
     ThreeClass,
+    /// The three-class toy (noise 0.2) with a `mass` column in GeV.
+    Resonance,
 }
 
 fn main() -> ExitCode {
@@ -198,6 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let kind = match kind {
                 ToyKind::Toy1d => GeneratorKind::Toy1d,
                 ToyKind::ThreeClass => GeneratorKind::ThreeClass,
+                ToyKind::Resonance => GeneratorKind::Resonance,
             };
             let mut spec = ToySpec::new(kind, seed);
             spec.signal = signal.unwrap_or(spec.signal);

@@ -8,8 +8,14 @@
 //! / events of the process, with luminosity 100, so the yields are signal 50
 //! (and signal2 10) and background 26 000 whatever the event counts.
 //!
+//! The resonance toy is the three-class toy with noise 0.2 and a `mass`
+//! column in GeV: the signals peak as N(125, σ_m) clipped to [100, 180],
+//! each background falls as a truncated exponential e^(−λm) on [100, 180]
+//! with its own λ. The mass is drawn independently of the scores.
+//!
 //! [`ToySpec`] describes one sample; [`generate`] draws it as Arrow record
-//! batches with columns `process`, `weight` and the score columns.
+//! batches with columns `process`, `weight`, the score columns and, for the
+//! resonance toy, `mass`.
 
 use std::sync::Arc;
 
@@ -27,6 +33,14 @@ use crate::config::file::GeneratorFile;
 pub const LUMINOSITY: f64 = 100.0;
 /// Standard deviation of the multiplicative noise on each coordinate.
 pub const NOISE: f64 = 0.3;
+/// The same for the resonance toy.
+pub const RESONANCE_NOISE: f64 = 0.2;
+/// Mass of the resonance, GeV.
+pub const RESONANCE_MASS: f64 = 125.0;
+/// Mass range of the resonance toy, GeV.
+pub const MASS_RANGE: (f64, f64) = (100.0, 180.0);
+/// Decay constant λ (per GeV) of each background's e^(−λm) mass spectrum.
+pub const BACKGROUND_MASS_SLOPES: [f64; 5] = [0.05, 0.04, 0.035, 0.03, 0.025];
 /// Rows per generated record batch.
 pub const BATCH_ROWS: usize = 65_536;
 
@@ -64,6 +78,8 @@ pub struct ToySpec {
     pub signal: usize,
     /// Background events in total.
     pub background: usize,
+    /// Mass resolution σ_m of the signal peak, GeV (resonance toy only).
+    pub mass_resolution: f64,
 }
 
 impl ToySpec {
@@ -74,8 +90,9 @@ impl ToySpec {
         let background = match kind {
             GeneratorKind::Toy1d => 300_000,
             GeneratorKind::ThreeClass => 500_000,
+            GeneratorKind::Resonance => 1_000_000,
         };
-        ToySpec { kind, seed, signal: 100_000, background }
+        ToySpec { kind, seed, signal: 100_000, background, mass_resolution: 1.5 }
     }
 
     /// Builds the spec of a pipeline's generator source.
@@ -90,12 +107,29 @@ impl ToySpec {
         if let Some(n) = file.background {
             spec.background = n;
         }
+        if let Some(sigma) = file.mass_resolution {
+            if file.kind != GeneratorKind::Resonance {
+                return Err(
+                    "`mass_resolution` applies to the `resonance` generator only".into(),
+                );
+            }
+            spec.mass_resolution = sigma;
+        }
         spec.check()?;
         Ok(spec)
     }
 
     /// Checks that every process gets at least one event.
     pub fn check(&self) -> Result<(), String> {
+        if !(self.mass_resolution.is_finite()
+            && self.mass_resolution > 0.0
+            && self.mass_resolution <= 20.0)
+        {
+            return Err(format!(
+                "`mass_resolution` must be in (0, 20] GeV, got {}",
+                self.mass_resolution
+            ));
+        }
         if self.signal == 0 {
             return Err("`signal` must be at least 1".into());
         }
@@ -126,7 +160,7 @@ impl ToySpec {
             GeneratorKind::Toy1d => {
                 out.push((Component { name: "signal", ..SIGNALS[0] }, self.signal));
             }
-            GeneratorKind::ThreeClass => {
+            GeneratorKind::ThreeClass | GeneratorKind::Resonance => {
                 out.push((SIGNALS[0], self.signal));
                 out.push((SIGNALS[1], self.signal));
             }
@@ -149,10 +183,15 @@ impl ToySpec {
     pub fn score_columns(&self) -> Vec<&'static str> {
         match self.kind {
             GeneratorKind::Toy1d => vec!["score"],
-            GeneratorKind::ThreeClass => {
+            GeneratorKind::ThreeClass | GeneratorKind::Resonance => {
                 vec!["score_signal1", "score_signal2", "score_bkg"]
             }
         }
+    }
+
+    /// Whether the sample has a `mass` column.
+    pub fn has_mass(&self) -> bool {
+        self.kind == GeneratorKind::Resonance
     }
 
     /// Arrow schema of the generated batches.
@@ -163,6 +202,9 @@ impl ToySpec {
         ];
         for name in self.score_columns() {
             fields.push(Field::new(name, DataType::Float64, false));
+        }
+        if self.has_mass() {
+            fields.push(Field::new("mass", DataType::Float64, false));
         }
         Arc::new(Schema::new(fields))
     }
@@ -231,7 +273,9 @@ impl Density {
 /// others.
 pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
     let density = Density::new();
-    let noise = Normal::new(1.0, NOISE).expect("noise width is finite and positive");
+    let width =
+        if spec.kind == GeneratorKind::Resonance { RESONANCE_NOISE } else { NOISE };
+    let noise = Normal::new(1.0, width).expect("noise width is finite and positive");
     let total_bkg_xs: f64 = BACKGROUNDS.iter().map(|b| b.cross_section).sum();
     let background_pdf = |x: &[f64; 3]| -> f64 {
         BACKGROUNDS
@@ -245,6 +289,14 @@ pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
         let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
         rng.set_stream(index as u64);
         let weight = component.cross_section * LUMINOSITY / count as f64;
+        // The mass has its own stream, so the scores match the three-class
+        // toy's draws apart from the noise width.
+        let mut mass_rng = ChaCha8Rng::seed_from_u64(spec.seed);
+        mass_rng.set_stream(1000 + index as u64);
+        let mass_slope = BACKGROUNDS
+            .iter()
+            .position(|b| b.name == component.name)
+            .map(|i| BACKGROUND_MASS_SLOPES[i]);
         let mut start = 0;
         while start < count {
             let rows = BATCH_ROWS.min(count - start);
@@ -261,7 +313,7 @@ pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
                         let lr = p1 / (pb + 1e-12);
                         scores[0].push(lr / (1.0 + lr));
                     }
-                    GeneratorKind::ThreeClass => {
+                    GeneratorKind::ThreeClass | GeneratorKind::Resonance => {
                         let p2 = density.pdf(&x, &SIGNALS[1].mean);
                         let total = p1 + p2 + pb + 1e-12;
                         scores[0].push(p1 / total);
@@ -277,6 +329,21 @@ pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
             columns.extend(
                 scores.into_iter().map(|s| Arc::new(Float64Array::from(s)) as ArrayRef),
             );
+            if spec.has_mass() {
+                let masses: Vec<f64> = (0..rows)
+                    .map(|_| match mass_slope {
+                        Some(lambda) => {
+                            truncated_exponential(lambda, MASS_RANGE, &mut mass_rng)
+                        }
+                        None => {
+                            let z: f64 = StandardNormal.sample(&mut mass_rng);
+                            (RESONANCE_MASS + spec.mass_resolution * z)
+                                .clamp(MASS_RANGE.0, MASS_RANGE.1)
+                        }
+                    })
+                    .collect();
+                columns.push(Arc::new(Float64Array::from(masses)));
+            }
             batches.push(
                 RecordBatch::try_new(schema.clone(), columns)
                     .expect("columns match the schema"),
@@ -285,6 +352,13 @@ pub fn generate(spec: &ToySpec) -> Vec<RecordBatch> {
         }
     }
     batches
+}
+
+/// Draws m from e^(−λm) truncated to `range`, by inverting its CDF.
+fn truncated_exponential(lambda: f64, range: (f64, f64), rng: &mut ChaCha8Rng) -> f64 {
+    let u: f64 = rand::Rng::random(rng);
+    let span = range.1 - range.0;
+    range.0 - (-u * (-(-lambda * span).exp_m1())).ln_1p() / lambda
 }
 
 /// Generates the sample and writes it to `path` as Parquet, through a

@@ -71,7 +71,7 @@ pub struct SourceFile {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GeneratorFile {
-    /// `toy-1d` or `three-class`.
+    /// `toy-1d`, `three-class` or `resonance`.
     pub kind: GeneratorKind,
     /// Seed of the generator; the pipeline seed when absent.
     #[serde(default)]
@@ -82,6 +82,10 @@ pub struct GeneratorFile {
     /// Background events in total, split by cross-section.
     #[serde(default)]
     pub background: Option<usize>,
+    /// Mass resolution σ_m of the signal peak in GeV (`resonance` only;
+    /// 1.5 when absent).
+    #[serde(default)]
+    pub mass_resolution: Option<f64>,
 }
 
 /// The built-in toy generators.
@@ -93,6 +97,10 @@ pub enum GeneratorKind {
     Toy1d,
     /// Two signals, five backgrounds, three softmax-like scores.
     ThreeClass,
+    /// The three-class toy with noise 0.2 and a diphoton-like `mass`
+    /// column: a peak at 125 GeV for the signals, falling exponentials for
+    /// the backgrounds.
+    Resonance,
 }
 
 /// One physics process.

@@ -79,8 +79,13 @@ fn ks_statistic_hand_example() {
 
 #[test]
 fn toy_1d_yields_and_counts() {
-    let spec =
-        ToySpec { kind: GeneratorKind::Toy1d, seed: 7, signal: 2000, background: 6000 };
+    let spec = ToySpec {
+        kind: GeneratorKind::Toy1d,
+        seed: 7,
+        signal: 2000,
+        background: 6000,
+        mass_resolution: 1.5,
+    };
     let batches = generate(&spec);
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows, 8000);
@@ -100,6 +105,7 @@ fn toy_three_class_yields() {
         seed: 7,
         signal: 1000,
         background: 5000,
+        mass_resolution: 1.5,
     };
     let y = yields(&generate(&spec));
     assert!((y["signal1"] - 50.0).abs() < 1e-9);
@@ -111,8 +117,13 @@ fn toy_three_class_yields() {
 
 #[test]
 fn toy_same_seed_same_events() {
-    let spec =
-        ToySpec { kind: GeneratorKind::Toy1d, seed: 3, signal: 100, background: 300 };
+    let spec = ToySpec {
+        kind: GeneratorKind::Toy1d,
+        seed: 3,
+        signal: 100,
+        background: 300,
+        mass_resolution: 1.5,
+    };
     assert_eq!(generate(&spec), generate(&spec));
     let other = ToySpec { seed: 4, ..spec.clone() };
     assert_ne!(generate(&spec), generate(&other));
@@ -149,6 +160,55 @@ fn toy_three_class_scores_match_reference_distribution() {
                 d < critical,
                 "{process} {column}: KS D = {d:.5} above {critical:.5}"
             );
+        }
+    }
+}
+
+/// The resonance toy's mass: signals peak at 125 GeV with σ_m, backgrounds
+/// fall with their own slope, everything inside [100, 180] GeV.
+#[test]
+fn resonance_mass_spectra() {
+    use gato::datafusion::arrow::array::{Float64Array, StringArray};
+    let spec = ToySpec {
+        kind: GeneratorKind::Resonance,
+        seed: 5,
+        signal: 20_000,
+        background: 200_000,
+        mass_resolution: 2.0,
+    };
+    let mut masses: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for batch in generate(&spec) {
+        let process = batch
+            .column_by_name("process")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let mass = batch
+            .column_by_name("mass")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            masses.entry(process.value(i).to_string()).or_default().push(mass.value(i));
+        }
+    }
+    for (name, m) in &masses {
+        assert!(m.iter().all(|&x| (100.0..=180.0).contains(&x)), "{name}");
+        let n = m.len() as f64;
+        let mean = m.iter().sum::<f64>() / n;
+        if name.starts_with("signal") {
+            let sd = (m.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+            assert!((mean - 125.0).abs() < 0.05, "{name}: mean {mean}");
+            assert!((sd - 2.0).abs() < 0.05, "{name}: σ {sd}");
+        } else {
+            // Mean of e^(−λ(m − 100)) on [0, 80]: 1/λ − 80/(e^(80λ) − 1).
+            let lambda = gato::toy::BACKGROUND_MASS_SLOPES
+                [name[3..].parse::<usize>().unwrap() - 1];
+            let want = 100.0 + 1.0 / lambda - 80.0 / ((80.0 * lambda).exp() - 1.0);
+            let sd_mean = 80.0 / (12.0 * n).sqrt();
+            assert!((mean - want).abs() < 5.0 * sd_mean, "{name}: mean {mean} vs {want}");
         }
     }
 }
