@@ -370,7 +370,8 @@ pub struct ArgmaxBaseline {
 /// For signal i, the events whose largest score is score_i are split into
 /// K equal bins of score_i on `[low, 1]`, with the top edge closed. There,
 /// signal i counts as signal and everything else as background. Events of
-/// other argmax classes do not enter signal i's significance.
+/// other argmax classes do not enter signal i's significance. With
+/// `objective.sideband_fit`, only events inside the mass window count.
 pub fn argmax_baseline(
     pipeline: &Pipeline,
     events: &Events,
@@ -381,9 +382,18 @@ pub fn argmax_baseline(
     let n = signals.len();
     let mut signal_yield = vec![vec![0.0f64; k]; n];
     let mut other_yield = vec![vec![0.0f64; k]; n];
+    // In a resonance search, only events inside the mass window count.
+    let window = pipeline.objective.sideband.as_ref().map(|s| s.window);
+    let outside = |e: usize| match (window, events.mass.as_ref()) {
+        (Some((lo, hi)), Some(mass)) => !(lo..=hi).contains(&mass[e]),
+        _ => false,
+    };
     for (p, range) in events.process_ranges.iter().enumerate() {
         let own = signals.iter().position(|&s| s == p);
         for e in range.clone() {
+            if outside(e) {
+                continue;
+            }
             let scores: Vec<f64> = events.discriminants.iter().map(|d| d[e]).collect();
             let background_score = 1.0 - scores.iter().sum::<f64>();
             let (class, top) = scores.iter().copied().enumerate().fold(

@@ -79,7 +79,8 @@ async fn run_checked(
     crate::device::check(device)?;
 
     let sources = Sources::open(pipeline)?;
-    let events = select(pipeline, &sources).await?;
+    let mut events = select(pipeline, &sources).await?;
+    count_signal_in_window(pipeline, &mut events);
     let mut timings =
         Timings { select: started.elapsed().as_secs_f64(), ..Timings::default() };
     let processes = process_summaries(pipeline, &events);
@@ -250,6 +251,30 @@ async fn run_checked(
     Ok(summary)
 }
 
+/// Sets the weight of signal events outside the mass window to 0, so that
+/// signal yields count only the window (`objective.sideband_fit` only).
+fn count_signal_in_window(pipeline: &Pipeline, events: &mut Events) {
+    let (Some(spec), Some(mass)) =
+        (pipeline.objective.sideband.as_ref(), events.mass.as_ref())
+    else {
+        return;
+    };
+    let (lo, hi) = spec.window;
+    let mut outside = 0usize;
+    for (p, range) in events.process_ranges.iter().enumerate() {
+        if pipeline.processes[p].role != Role::Signal {
+            continue;
+        }
+        for i in range.clone() {
+            if !(lo..=hi).contains(&mass[i]) {
+                events.weight[i] = 0.0;
+                outside += 1;
+            }
+        }
+    }
+    tracing::info!(outside, window = ?spec.window, "signal counted in the mass window only");
+}
+
 /// Builds the model of one entry of `model.categories`: `bins` is `[K]`,
 /// or the bins per discriminant of a sigmoid grid.
 pub fn build_model(pipeline: &Pipeline, bins: &[usize]) -> CategoryModel {
@@ -327,7 +352,17 @@ fn train_restarts<B: burn::tensor::backend::AutodiffBackend>(
             &format!("{name} start {restart}"),
         );
         let started = Instant::now();
-        let outcome = trainer.train(model, init, &mut |record| {
+        let k = model.categories();
+        // With a sideband fit, the background factors are refitted every
+        // `every` epochs from the hard categories, starting before epoch 0.
+        let mut update = |epoch: usize, assign: &[u32]| -> Option<Vec<f64>> {
+            let spec = pipeline.objective.sideband.as_ref()?;
+            if epoch % spec.every != 0 {
+                return None;
+            }
+            Some(crate::sideband::category_factors(pipeline, events, assign, k, spec))
+        };
+        let outcome = trainer.train_with(model, init, &mut update, &mut |record| {
             bar.set_message(format!("Z {:.4}", record.hard_z));
             bar.inc(1);
         })?;

@@ -41,6 +41,8 @@ pub struct Events {
     pub row: Vec<u64>,
     /// Event index range of each process.
     pub process_ranges: Vec<Range<usize>>,
+    /// The `selection.mass` column, when the pipeline names one.
+    pub mass: Option<Vec<f64>>,
 }
 
 impl Events {
@@ -76,6 +78,7 @@ pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
     let dims = pipeline.selection.discriminants.len();
     let mut raw =
         RawEvents { discriminants: vec![Vec::new(); dims], ..RawEvents::default() };
+    raw.mass = pipeline.selection.mass.as_ref().map(|_| Vec::new());
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(unwrap_input_error)?;
         raw.push(pipeline, &batch)?;
@@ -109,6 +112,7 @@ async fn plan(
         .iter()
         .map(String::as_str)
         .chain([pipeline.selection.weight.as_str()])
+        .chain(pipeline.selection.mass.as_deref())
         .collect();
     for name in &required {
         if !output_columns.iter().any(|c| c == name) {
@@ -145,6 +149,7 @@ struct RawEvents {
     process: Vec<u32>,
     input: Vec<u32>,
     row: Vec<u64>,
+    mass: Option<Vec<f64>>,
 }
 
 impl RawEvents {
@@ -185,6 +190,7 @@ impl RawEvents {
             .iter()
             .map(|d| float(d))
             .collect::<Result<_>>()?;
+        let mass = pipeline.selection.mass.as_deref().map(float).transpose()?;
         for i in 0..batch.num_rows() {
             let value =
                 |a: &Float64Array| if a.is_null(i) { f64::NAN } else { a.value(i) };
@@ -194,6 +200,9 @@ impl RawEvents {
             raw.weight.push(value(&weight));
             for (d, array) in discriminants.iter().enumerate() {
                 raw.discriminants[d].push(value(array));
+            }
+            if let (Some(column), Some(array)) = (raw.mass.as_mut(), mass.as_ref()) {
+                column.push(value(array));
             }
         }
         Ok(())
@@ -206,6 +215,7 @@ impl RawEvents {
         let finite = |i: usize| {
             self.weight[i].is_finite()
                 && self.discriminants.iter().all(|d| d[i].is_finite())
+                && self.mass.as_ref().is_none_or(|m| m[i].is_finite())
         };
         let mut bad = vec![0usize; n_processes];
         for i in 0..self.weight.len() {
@@ -221,7 +231,14 @@ impl RawEvents {
                 .filter(|(_, n)| **n > 0)
                 .map(|(p, n)| format!("{}: {n}", pipeline.processes[p].name))
                 .collect();
-            let columns = pipeline.selection.discriminants.join(", ");
+            let columns = pipeline
+                .selection
+                .discriminants
+                .iter()
+                .chain(pipeline.selection.mass.as_ref())
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
             match pipeline.selection.non_finite {
                 NonFinitePolicy::Reject => {
                     return Err(Error::Select(format!(
@@ -268,6 +285,7 @@ impl RawEvents {
             input: order.iter().map(|&i| self.input[i]).collect(),
             row: order.iter().map(|&i| self.row[i]).collect(),
             process_ranges: Vec::with_capacity(n_processes),
+            mass: self.mass.as_ref().map(|m| order.iter().map(|&i| m[i]).collect()),
         };
         let mut start = 0;
         for p in 0..n_processes {

@@ -1,6 +1,9 @@
 //! Background estimates from a fit to the mass spectrum: an exponential
-//! A·e^(B·m) fitted to a binned spectrum, and the share of its yield that
-//! falls in a mass window.
+//! A·e^(B·m) fitted to a binned spectrum, the share of its yield that falls
+//! in a mass window, and the per-category factors built from them.
+
+use crate::config::{Pipeline, Role, SidebandSpec};
+use crate::select::Events;
 
 /// An exponential fitted to a binned spectrum.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -154,6 +157,67 @@ pub fn window_fraction(slope: f64, window: (f64, f64), range: (f64, f64)) -> f64
     let origin = range.0;
     integral(slope, window.0, window.1, origin)
         / integral(slope, range.0, range.1, origin)
+}
+
+/// The background factor of each of the `k` hard categories in `assign`:
+/// the fitted share of the category's background mass spectrum that falls
+/// in the window.
+///
+/// Each category's background events with a mass inside the fit range are
+/// binned (`spec.bins` equal bins, yields and Σw²) and fitted with
+/// [`fit_exponential`]. Where the fit fails, or the category has no
+/// background event in the window, the factor is the window's share of the
+/// range width. `events.mass` must be present.
+pub fn category_factors(
+    pipeline: &Pipeline,
+    events: &Events,
+    assign: &[u32],
+    k: usize,
+    spec: &SidebandSpec,
+) -> Vec<f64> {
+    let (lo, hi) = spec.range;
+    let flat = (spec.window.1 - spec.window.0) / (hi - lo);
+    let Some(mass) = events.mass.as_ref() else {
+        return vec![flat; k];
+    };
+    let bins = spec.bins;
+    let mut yields = vec![vec![0.0f64; bins]; k];
+    let mut sumw2 = vec![vec![0.0f64; bins]; k];
+    let mut in_window = vec![false; k];
+    for (p, range) in events.process_ranges.iter().enumerate() {
+        if pipeline.processes[p].role != Role::Background {
+            continue;
+        }
+        for i in range.clone() {
+            let m = mass[i];
+            if !(lo..=hi).contains(&m) {
+                continue;
+            }
+            let c = assign[i] as usize;
+            let bin = (((m - lo) / (hi - lo)) * bins as f64)
+                .floor()
+                .min((bins - 1) as f64) as usize;
+            let w = events.weight[i];
+            yields[c][bin] += w;
+            sumw2[c][bin] += w * w;
+            if (spec.window.0..=spec.window.1).contains(&m) {
+                in_window[c] = true;
+            }
+        }
+    }
+    let edges: Vec<f64> =
+        (0..=bins).map(|b| lo + (hi - lo) * b as f64 / bins as f64).collect();
+    (0..k)
+        .map(|c| {
+            if !in_window[c] {
+                return flat;
+            }
+            match fit_exponential(&edges, &yields[c], &sumw2[c]) {
+                Some(fit) => window_fraction(fit.slope, spec.window, spec.range),
+                None => flat,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

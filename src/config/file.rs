@@ -165,6 +165,9 @@ pub struct SelectionFile {
     /// Handling of NaN or ±inf in a discriminant or the weight.
     #[serde(default)]
     pub non_finite: NonFinitePolicy,
+    /// Output column holding the invariant mass, for `objective.sideband_fit`.
+    #[serde(default)]
+    pub mass: Option<String>,
 }
 
 fn default_weight() -> String {
@@ -480,6 +483,39 @@ pub struct ObjectiveFile {
     /// Per-category factors on the yields of some background processes.
     #[serde(default)]
     pub background_reweight: Option<ReweightFile>,
+    /// Signal counted in a mass window, background in it estimated by a
+    /// fit to each category's mass spectrum.
+    #[serde(default)]
+    pub sideband_fit: Option<SidebandFile>,
+}
+
+/// The mass-window settings of a resonance search.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidebandFile {
+    /// Signal mass window `[low, high]`.
+    pub window: [f64; 2],
+    /// Fit range of the background mass spectrum `[low, high]`.
+    #[serde(default = "default_mass_range")]
+    pub range: [f64; 2],
+    /// Bins of the fitted spectrum.
+    #[serde(default = "default_sideband_bins")]
+    pub bins: usize,
+    /// Epochs between two fits (a fit also runs before the first epoch).
+    #[serde(default = "default_sideband_every")]
+    pub every: usize,
+}
+
+fn default_mass_range() -> [f64; 2] {
+    [100.0, 180.0]
+}
+
+fn default_sideband_bins() -> usize {
+    10
+}
+
+fn default_sideband_every() -> usize {
+    50
 }
 
 /// Per-category reweighting of a subset of the background processes: in

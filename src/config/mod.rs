@@ -127,6 +127,8 @@ pub struct Selection {
     pub weight: String,
     /// Handling of NaN and ±inf.
     pub non_finite: NonFinitePolicy,
+    /// Output column holding the invariant mass.
+    pub mass: Option<String>,
 }
 
 /// The validated model settings.
@@ -168,6 +170,21 @@ pub struct ObjectiveSpec {
     pub signal_weights: Vec<f64>,
     /// Per-category reweighting of some background processes.
     pub reweight: Option<ReweightSpec>,
+    /// Mass window and sideband fit of a resonance search.
+    pub sideband: Option<SidebandSpec>,
+}
+
+/// The validated mass-window settings; see [`crate::sideband`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SidebandSpec {
+    /// Signal mass window.
+    pub window: (f64, f64),
+    /// Fit range of the background mass spectrum.
+    pub range: (f64, f64),
+    /// Bins of the fitted spectrum.
+    pub bins: usize,
+    /// Epochs between two fits.
+    pub every: usize,
 }
 
 /// Per-category factors on the yields (f) and Σw² (f²) of a subset of the
@@ -697,6 +714,7 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
         discriminants: s.discriminants.clone(),
         weight: s.weight.clone(),
         non_finite: s.non_finite,
+        mass: s.mass.clone(),
     })
 }
 
@@ -970,9 +988,67 @@ fn validate_objective(
             "apply to `combine: quadrature` only; remove them or set that rule".into(),
         ));
     }
-    let reweight = match &file.objective.background_reweight {
+    let mut reweight = match &file.objective.background_reweight {
         None => None,
         Some(r) => Some(validate_reweight(file, r, categories, plain)?),
+    };
+    let sideband = match &file.objective.sideband_fit {
+        None => None,
+        Some(f) => {
+            const KEY: &str = "objective.sideband_fit";
+            let ([wl, wh], [rl, rh]) = (f.window, f.range);
+            let ok = [wl, wh, rl, rh].iter().all(|v| v.is_finite())
+                && rl <= wl
+                && wl < wh
+                && wh <= rh
+                && rl < rh;
+            if !ok {
+                return Err(plain(
+                    KEY,
+                    format!(
+                        "the window [{wl}, {wh}] must be a non-empty interval inside the range \
+                         [{rl}, {rh}]"
+                    ),
+                ));
+            }
+            if !(2..=1000).contains(&f.bins) || f.every == 0 {
+                return Err(plain(
+                    KEY,
+                    format!(
+                        "`bins` must be from 2 to 1000 and `every` at least 1, got {} and {}",
+                        f.bins, f.every
+                    ),
+                ));
+            }
+            if file.selection.mass.is_none() {
+                return Err(plain(
+                    KEY,
+                    "needs `selection.mass`, the column with the invariant mass".into(),
+                ));
+            }
+            if reweight.is_some() {
+                return Err(plain(
+                    KEY,
+                    "sets the background factors itself; remove `objective.background_reweight`".into(),
+                ));
+            }
+            // Every background is scaled to its fitted share in the window,
+            // starting from the window's share of a flat spectrum.
+            reweight = Some(ReweightSpec {
+                scaled: file
+                    .processes
+                    .iter()
+                    .map(|p| p.value.role == Role::Background)
+                    .collect(),
+                factors: file::Factors::Uniform((wh - wl) / (rh - rl)),
+            });
+            Some(SidebandSpec {
+                window: (wl, wh),
+                range: (rl, rh),
+                bins: f.bins,
+                every: f.every,
+            })
+        }
     };
     Ok(ObjectiveSpec {
         significance: file.objective.significance,
@@ -981,6 +1057,7 @@ fn validate_objective(
         combine: file.objective.combine,
         signal_weights,
         reweight,
+        sideband,
     })
 }
 

@@ -126,6 +126,7 @@ fn objective_with(
         combine: rule,
         signal_weights: weights,
         reweight: None,
+        sideband: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area.
 
+mod bumphunt;
 mod cli;
 mod common;
 mod config_errors;
