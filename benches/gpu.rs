@@ -74,7 +74,7 @@ fn pipeline_text(kind: GeneratorKind, input: &Path, epochs: usize) -> String {
             "model:\n  kind: sigmoid\n  categories: [5]\n",
             "score",
         ),
-        GeneratorKind::ThreeClass => (
+        GeneratorKind::ThreeClass | GeneratorKind::Resonance => (
             vec![
                 ("signal1", "signal"),
                 ("signal2", "signal"),
