@@ -1,5 +1,5 @@
-//! Where training runs: the CPU (burn-ndarray, float64) or, in a binary
-//! built with the `cuda` feature, an NVIDIA GPU (burn-cuda, float32).
+//! Training devices: the CPU (burn-ndarray, float64) or, in a binary built
+//! with the `cuda` feature, an NVIDIA GPU (burn-cuda, float32).
 //!
 //! Exact evaluation, the baselines and the written categories are always
 //! computed on the host in float64, whatever the training device.

@@ -92,7 +92,7 @@ pub struct RunSummary {
     pub bins: Option<Vec<usize>>,
     /// `asimov` or `asimov-gato`.
     pub significance_formula: String,
-    /// How the per-signal Z are combined into `table.z`, in words.
+    /// Rule that combines the per-signal Z into `table.z`, in words.
     pub combine: String,
     /// Every start that was trained.
     pub restarts: Vec<RestartSummary>,

@@ -159,8 +159,8 @@ pub fn window_fraction(slope: f64, window: (f64, f64), range: (f64, f64)) -> f64
         / integral(slope, range.0, range.1, origin)
 }
 
-/// The background factor of each of the `k` hard categories in `assign`:
-/// the fitted share of the category's background mass spectrum that falls
+/// Returns the background factor of each of the `k` hard categories in
+/// `assign`: the fitted share of the category's background mass spectrum that falls
 /// in the window.
 ///
 /// Each category's background events with a mass inside the fit range are

@@ -9,8 +9,8 @@
 //! (and signal2 10) and background 26 000 whatever the event counts.
 //!
 //! The resonance toy is the three-class toy with noise 0.2 and a `mass`
-//! column in GeV: the signals peak as N(125, σ_m) clipped to [100, 180],
-//! each background falls as a truncated exponential e^(−λm) on [100, 180]
+//! column in GeV. The signals peak as N(125, σ_m) clipped to [100, 180].
+//! Each background falls as a truncated exponential e^(−λm) on [100, 180]
 //! with its own λ. The mass is drawn independently of the scores.
 //!
 //! [`ToySpec`] describes one sample; [`generate`] draws it as Arrow record
@@ -189,7 +189,7 @@ impl ToySpec {
         }
     }
 
-    /// Whether the sample has a `mass` column.
+    /// Returns whether the sample has a `mass` column.
     pub fn has_mass(&self) -> bool {
         self.kind == GeneratorKind::Resonance
     }

@@ -198,7 +198,7 @@ pub struct ReweightSpec {
 }
 
 impl ReweightSpec {
-    /// The starting factors of a run with `k` categories.
+    /// Returns the starting factors of a run with `k` categories.
     pub fn initial(&self, k: usize) -> Vec<f64> {
         match &self.factors {
             file::Factors::Uniform(f) => vec![*f; k],
@@ -778,9 +778,9 @@ fn validate_model(
             )));
         }
         if bins.contains(&grid) {
-            let shown = if dims > 1 { format!("{grid:?}") } else { format!("K = {k}") };
+            let label = if dims > 1 { format!("{grid:?}") } else { format!("K = {k}") };
             return Err(categories_error(format!(
-                "{shown} is listed twice; list each number of categories once"
+                "{label} is listed twice; list each number of categories once"
             )));
         }
         bins.push(grid);

@@ -50,14 +50,14 @@ impl SigmoidGrid {
         let mut params =
             Params { names: self.names(), shapes: Vec::new(), values: Vec::new() };
         for axis in &self.axes {
-            let one = axis.init(rng, restart);
-            params.shapes.push(one.shapes[0].clone());
-            params.values.push(one.values[0].clone());
+            let start = axis.init(rng, restart);
+            params.shapes.push(start.shapes[0].clone());
+            params.values.push(start.values[0].clone());
         }
         params
     }
 
-    /// The cuts on each discriminant, ascending.
+    /// Returns the cuts on each discriminant, ascending.
     pub fn boundaries(&self, params: &Params) -> Vec<Vec<f64>> {
         self.axes
             .iter()

@@ -111,8 +111,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         let mut history = Vec::new();
         let mut factors = pipeline.objective.reweight.as_ref().map(|r| r.initial(k));
         // (meets constraints, hard Z, epoch, parameters, soft Z, anneal, factors)
-        type Kept = (bool, f64, usize, Params, f64, f64, Option<Vec<f64>>);
-        let mut kept: Option<Kept> = None;
+        type KeptEpoch = (bool, f64, usize, Params, f64, f64, Option<Vec<f64>>);
+        let mut kept: Option<KeptEpoch> = None;
 
         for epoch in 0..epochs {
             let learning_rate = pipeline.optimizer.learning_rate.value(epoch, epochs);

@@ -56,3 +56,24 @@ pub fn read_parquet(
         .map(|b| b.unwrap())
         .collect()
 }
+
+/// Returns a Float64 column of a record batch as a vector.
+pub fn float_column(
+    batch: &gato::datafusion::arrow::record_batch::RecordBatch,
+    name: &str,
+) -> Vec<f64> {
+    use gato::datafusion::arrow::array::Float64Array;
+    let column = batch.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+    column.as_any().downcast_ref::<Float64Array>().unwrap().values().to_vec()
+}
+
+/// Returns a non-null string column of a record batch as a vector.
+pub fn string_column(
+    batch: &gato::datafusion::arrow::record_batch::RecordBatch,
+    name: &str,
+) -> Vec<String> {
+    use gato::datafusion::arrow::array::StringArray;
+    let column = batch.column_by_name(name).unwrap_or_else(|| panic!("no column {name}"));
+    let strings = column.as_any().downcast_ref::<StringArray>().unwrap();
+    strings.iter().map(|v| v.unwrap().to_string()).collect()
+}

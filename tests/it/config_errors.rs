@@ -508,6 +508,7 @@ fn error_grid_settings() {
         err,
         "p.yaml:13:15: model.categories: every discriminant of a sigmoid grid needs at least 2 bins, got 1 in [3, 1]"
     );
+
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3], [2, 3]]\n",
     ));
@@ -521,11 +522,13 @@ fn error_grid_settings() {
         err,
         "p.yaml:13:15: model.categories: every number of categories must be at most 1000, got 1600"
     );
+
     let err = config_error(&two_discriminants("  kind: gmm\n  categories: [[2, 3]]\n"));
     assert_eq!(
         err,
         "p.yaml:13:15: model.categories: the GMM takes a number of components, not bins per discriminant ([2, 3])"
     );
+
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  range: [[0, 1], [0, 1], [0, 1]]\n",
     ));
@@ -534,6 +537,7 @@ fn error_grid_settings() {
         "p.yaml:14:10: model.range: gives 3 ranges, but `selection.discriminants` names 2; give one \
          [low, high] for all or one per discriminant"
     );
+
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  range: [[0, 1], [2, 2]]\n",
     ));
@@ -541,6 +545,7 @@ fn error_grid_settings() {
         err,
         "p.yaml:14:10: model.range: must be [low, high] with finite low < high, got [2, 2]"
     );
+
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  range: [0, 1, 2]\n",
     ));
@@ -550,6 +555,7 @@ fn error_grid_settings() {
         ),
         "{err}"
     );
+
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10 }]\n",
     ));
@@ -558,6 +564,7 @@ fn error_grid_settings() {
         "p.yaml:14:14: model.steepness: gives 1 schedules, but `selection.discriminants` names 2; give \
          one schedule for all or one per discriminant"
     );
+
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10 }, { initial: -1 }]\n",
     ));
@@ -565,11 +572,14 @@ fn error_grid_settings() {
         err,
         "p.yaml:14:14: model.steepness (entry 2): `initial` must be finite and positive, got -1"
     );
+
     let err = config_error(&two_discriminants(
         "  kind: sigmoid\n  categories: [[2, 3]]\n  steepness: [{ initial: 10, fnal: 3 }, { initial: 1 }]\n",
     ));
     assert!(err.contains("unknown field `fnal`"), "{err}");
+
     // Valid: per-discriminant ranges and steepness.
+
     let p = Pipeline::from_text(
         &two_discriminants(
             "  kind: sigmoid\n  categories: [[2, 3], [4, 2]]\n  range: [[0, 1], [-1, 3]]\n  \
@@ -589,22 +599,26 @@ fn error_background_reweight_settings() {
     let with = |block: &str| {
         config_error(&format!("{BASE}objective:\n  background_reweight:\n{block}"))
     };
+
     let err = with("    processes: [bkg9]\n");
     assert_eq!(
         err,
         "p.yaml: objective.background_reweight: `bkg9` is not a process of this pipeline; the \
          processes are signal, bkg1"
     );
+
     let err = with("    processes: [signal]\n");
     assert_eq!(
         err,
         "p.yaml: objective.background_reweight: `signal` is a signal; only background processes can be reweighted"
     );
+
     let err = with("    processes: []\n");
     assert_eq!(
         err,
         "p.yaml: objective.background_reweight: name at least one background process under `processes`"
     );
+
     let err = with("    processes: [bkg1]\n    factors: [1, 2]\n");
     assert_eq!(
         err,
@@ -612,11 +626,13 @@ fn error_background_reweight_settings() {
          run whose K equals that number (model.categories gives K = [3]); give one factor for all \
          categories instead"
     );
+
     let err = with("    processes: [bkg1]\n    factors: -0.5\n");
     assert_eq!(
         err,
         "p.yaml: objective.background_reweight: factors must be finite and non-negative, got -0.5"
     );
+
     let p = Pipeline::from_text(
         &format!("{BASE}objective:\n  background_reweight:\n    processes: [bkg1]\n    factors: [1, 0.5, 2]\n"),
         "p.yaml",
@@ -672,6 +688,7 @@ fn error_inapplicable_keys_and_columns() {
         err,
         "p.yaml:12:3: model.sigma_base: applies to the GMM only; remove it for the sigmoid model"
     );
+
     let err = config_error(
         &BASE.replace("  categories: [3]\n", "  categories: [3]\n  init: random\n"),
     );
@@ -679,6 +696,7 @@ fn error_inapplicable_keys_and_columns() {
         err,
         "p.yaml:12:3: model.init: applies to the GMM only; remove it for the sigmoid model"
     );
+
     let err = config_error(
         &BASE
             .replace("  discriminants: [score]\n", "  discriminants: [score, score]\n")
@@ -688,6 +706,7 @@ fn error_inapplicable_keys_and_columns() {
         err,
         "p.yaml: selection.discriminants: `score` is listed twice (entry 2); list each column once"
     );
+
     let err = config_error(
         &BASE.replace("  discriminants: [score]\n", "  discriminants: [weight]\n"),
     );
@@ -695,6 +714,7 @@ fn error_inapplicable_keys_and_columns() {
         err,
         "p.yaml: selection.discriminants: `weight` is the weight column; a discriminant cannot be the weight"
     );
+
     let err = config_error(&format!("{BASE}output: \"\"\n"));
     assert_eq!(
         err,
@@ -711,6 +731,7 @@ fn error_inapplicable_keys_and_columns() {
         ),
         "{err}"
     );
+
     let err = config_error(
         &BASE.replace("  categories: [3]\n", "  categories: [3]\n  range: [0, 1, 2]\n"),
     );
@@ -727,6 +748,7 @@ fn error_inapplicable_keys_and_columns() {
             "  categories: [3]\n  range: [[0, 1], [0]]\n",
         ));
     assert!(err.contains("a range is [low, high], got 1 numbers"), "{err}");
+
     let err = config_error(&format!(
         "{BASE}objective:\n  background_reweight:\n    processes: [bkg1]\n    factors: 0\n"
     ));
@@ -735,6 +757,7 @@ fn error_inapplicable_keys_and_columns() {
         "p.yaml: objective.background_reweight: factor 0 (for category 0) on every background \
          process leaves that category without background; use factors above 0 or reweight fewer processes"
     );
+
     let err = config_error(&format!(
         "{BASE}objective:\n  background_reweight:\n    processes: [bkg1]\n    factors: \"2\"\n"
     ));
@@ -752,12 +775,14 @@ fn error_malformed_yaml_and_missing_roles() {
         "  - { name: signal, role: signal, source: toy }\n",
         "  - { name: signal, role: background, source: toy }\n",
     ));
-    assert!(err.contains("processes") && err.contains("signal"), "{err}");
+    assert!(err.contains("processes"), "{err}");
+    assert!(err.contains("signal"), "{err}");
     let err = config_error(&BASE.replace(
         "  - { name: bkg1, role: background, source: toy }\n",
         "  - { name: bkg1, role: signal, source: toy }\n",
     ));
-    assert!(err.contains("processes") && err.contains("background"), "{err}");
+    assert!(err.contains("processes"), "{err}");
+    assert!(err.contains("background"), "{err}");
     let gmm = BASE.replace("  kind: sigmoid\n", "  kind: gmm\n");
     let err = config_error(&gmm.replace(
         "  categories: [3]\n",

@@ -216,7 +216,7 @@ fn combine_rules_on_tensors_agree() {
 }
 
 /// The soft objective with reweighting factors equals a float64 loop, and
-/// the factor-update stage of training changes what the objective sees.
+/// the factor-update stage of training changes the factors the objective uses.
 #[test]
 fn soft_objective_with_reweighting_and_updates() {
     use burn::backend::{Autodiff, NdArray};
@@ -284,7 +284,7 @@ fn soft_objective_with_reweighting_and_updates() {
     let plain = to_host(objective.compute(m, &tensors, None).significance)[0];
     assert!((plain - z).abs() > 1e-3, "the factors change Z: {plain} vs {z}");
 
-    // The update stage sees the hard categories and its factors are used
+    // The update stage gets the hard categories, and its factors are used
     // from that epoch on.
     let trainer =
         Trainer { pipeline: &pipeline, events: &events, tensors: &tensors, device };
@@ -318,9 +318,9 @@ fn soft_objective_with_reweighting_and_updates() {
     }
 }
 
-/// Background only in the lower half: three groups with positive
-/// background do not exist on four bins, so the DP finds none unless
-/// zero-background groups are allowed; then they score 0.
+/// Background only in the lower half: four bins cannot form three groups with
+/// positive background, so the DP finds none unless zero-background groups
+/// are allowed. Allowed groups score 0.
 #[test]
 fn dp_zero_background_groups_need_permission() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use gato::datafusion::arrow::array::{Array, Float64Array, Int32Array, StringArray};
+use gato::datafusion::arrow::array::{Array, Int32Array};
 use serde_json::Value;
 
-use crate::common::{gato_bin, read_parquet};
+use crate::common::{float_column, gato_bin, read_parquet, string_column};
 
 const PROCESSES: [&str; 7] =
     ["signal1", "signal2", "bkg1", "bkg2", "bkg3", "bkg4", "bkg5"];
@@ -49,26 +49,10 @@ fn read_sample(path: &Path) -> Sample {
     let mut s =
         Sample { process: vec![], x: [vec![], vec![]], weight: vec![], category: vec![] };
     for batch in read_parquet(path) {
-        let f = |name: &str| {
-            batch
-                .column_by_name(name)
-                .unwrap()
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .unwrap()
-                .values()
-                .to_vec()
-        };
-        let process = batch
-            .column_by_name("process")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        s.process.extend(process.iter().map(|p| p.unwrap().to_string()));
-        s.x[0].extend(f("score_signal1"));
-        s.x[1].extend(f("score_signal2"));
-        s.weight.extend(f("weight"));
+        s.process.extend(string_column(&batch, "process"));
+        s.x[0].extend(float_column(&batch, "score_signal1"));
+        s.x[1].extend(float_column(&batch, "score_signal2"));
+        s.weight.extend(float_column(&batch, "weight"));
         if let Some(c) = batch.column_by_name("category") {
             let c = c.as_any().downcast_ref::<Int32Array>().unwrap();
             assert_eq!(c.null_count(), 0, "every row is selected");

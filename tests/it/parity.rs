@@ -99,6 +99,17 @@ fn reference_parity_three_class() {
         assert!(z[1] >= z2, "K = {k}: Z2 {} below gato-hep's {z2}", z[1]);
         // Both beat the argmax baseline with the same K.
         let argmax = run.argmax.as_ref().unwrap();
-        assert!(z[0] > argmax.z_per_signal[0] && z[1] > argmax.z_per_signal[1]);
+        assert!(
+            z[0] > argmax.z_per_signal[0],
+            "K = {k}: Z1 {} vs argmax {}",
+            z[0],
+            argmax.z_per_signal[0]
+        );
+        assert!(
+            z[1] > argmax.z_per_signal[1],
+            "K = {k}: Z2 {} vs argmax {}",
+            z[1],
+            argmax.z_per_signal[1]
+        );
     }
 }

@@ -168,7 +168,6 @@ fn toy_three_class_scores_match_reference_distribution() {
 /// fall with their own slope, everything inside [100, 180] GeV.
 #[test]
 fn resonance_mass_spectra() {
-    use gato::datafusion::arrow::array::{Float64Array, StringArray};
     let spec = ToySpec {
         kind: GeneratorKind::Resonance,
         seed: 5,
@@ -178,20 +177,10 @@ fn resonance_mass_spectra() {
     };
     let mut masses: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
     for batch in generate(&spec) {
-        let process = batch
-            .column_by_name("process")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let mass = batch
-            .column_by_name("mass")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
-        for i in 0..batch.num_rows() {
-            masses.entry(process.value(i).to_string()).or_default().push(mass.value(i));
+        let process = crate::common::string_column(&batch, "process");
+        let mass = crate::common::float_column(&batch, "mass");
+        for (p, m) in process.into_iter().zip(mass) {
+            masses.entry(p).or_default().push(m);
         }
     }
     for (name, m) in &masses {
