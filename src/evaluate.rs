@@ -13,7 +13,7 @@ use crate::select::Events;
 use crate::significance::{category_z, combine};
 
 /// One category of an evaluation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CategoryRow {
     /// Category index, from 0.
     pub category: usize,
@@ -22,11 +22,11 @@ pub struct CategoryRow {
     /// Upper edge in the discriminant (1D cut models only).
     pub upper: Option<f64>,
     /// `[low, high]` on each discriminant (sigmoid grids only).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cell: Option<Vec<[f64; 2]>>,
     /// Factor on the yields of the reweighted background processes
     /// (`objective.background_reweight` only); the yields below include it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background_factor: Option<f64>,
     /// Number of selected events (unweighted), signal and background.
     pub events: usize,
@@ -35,6 +35,7 @@ pub struct CategoryRow {
     /// Yield of each signal process, in the order of the pipeline.
     pub signal: Vec<f64>,
     /// Total background yield.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub background: f64,
     /// Yield of each background process, in the order of the pipeline.
     pub background_by_process: Vec<f64>,
@@ -43,18 +44,21 @@ pub struct CategoryRow {
     /// √Σw² / B; `None` where B ≤ 0.
     pub relative_mc_uncertainty: Option<f64>,
     /// Z of each signal in this category (other signals count as background).
+    #[serde(deserialize_with = "crate::report::numbers_or_nan")]
     pub z: Vec<f64>,
 }
 
 /// Hard categories evaluated exactly.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct CategoryTable {
     /// One row per category.
     pub categories: Vec<CategoryRow>,
     /// √(Σ_k Z_k²) per signal.
+    #[serde(deserialize_with = "crate::report::numbers_or_nan")]
     pub z_per_signal: Vec<f64>,
     /// The objective's combination of `z_per_signal` (the value itself for
     /// one signal).
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub z: f64,
     /// Categories whose background yield is zero or negative.
     pub nonpositive_background: usize,
@@ -251,13 +255,14 @@ pub fn equidistant_edges(k: usize, low: f64, high: f64) -> Vec<f64> {
 }
 
 /// The best K contiguous groups of a fine histogram.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct DpOptimum {
     /// Bins of the histogram.
     pub bins: usize,
     /// Category edges, K + 1 values from low to high.
     pub edges: Vec<f64>,
     /// Combined significance of the optimum.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub z: f64,
 }
 
@@ -353,13 +358,15 @@ pub fn dp_optimum(
 }
 
 /// The argmax baseline of a softmax classifier.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ArgmaxBaseline {
     /// Lower edge of the bins of each signal's score.
     pub low: f64,
     /// √(Σ_k Z_k²) of each signal in its own categories.
+    #[serde(deserialize_with = "crate::report::numbers_or_nan")]
     pub z_per_signal: Vec<f64>,
     /// Their combination by the objective's rule.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub z: f64,
 }
 

@@ -10,7 +10,7 @@
 //!   optimize  RMSprop or Adam with annealed schedules, restarts
 //!   evaluate  hard categories on every event, baselines, DP optimum
 //!   apply     input rows + `category`, written atomically as Parquet
-//!   report    summary.json and a table on the terminal
+//!   report    summary.json, tables on the terminal, plots and report.html
 //! ```
 
 pub mod apply;
@@ -22,6 +22,7 @@ pub mod evaluate;
 pub mod model;
 pub mod objective;
 pub mod optimize;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod select;

@@ -27,8 +27,9 @@ struct Cli {
 enum Command {
     /// Run a pipeline: select, train, evaluate and write categorised outputs.
     ///
-    /// Writes summary.json, and per number of categories a directory with
-    /// history.json and one Parquet file per input carrying the `category`
+    /// Writes summary.json, histograms.json, report.html and plots/, and
+    /// per number of categories a directory with history.json, model.json,
+    /// plots/ and one Parquet file per input carrying the `category`
     /// column. Inputs are never modified.
     Run {
         /// Pipeline YAML file.
@@ -65,6 +66,15 @@ enum Command {
         /// Parquet files to categorise.
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<PathBuf>,
+    },
+    /// Redraw the plots and report.html of an output directory.
+    ///
+    /// Reads summary.json, histograms.json and each run's history.json and
+    /// model.json; trains nothing and reads no events. Writes OUT/plots/,
+    /// OUT/<run>/plots/ (every plot as SVG and PNG) and OUT/report.html.
+    Report {
+        /// Output directory of `gato run`.
+        output: PathBuf,
     },
     /// Check a pipeline without training: YAML, keys, types, settings, input
     /// files, and the selection's SQL and output columns.
@@ -171,6 +181,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 let _ = std::fs::remove_dir(&out);
             }
             result
+        }
+        Command::Report { output } => {
+            let files = gato::plot::draw_report(&output)?;
+            println!(
+                "{}: {} plot files and {}",
+                output.display(),
+                files.plots.len(),
+                files.html.display()
+            );
+            Ok(())
         }
         Command::Validate { pipeline } => {
             let pipeline = Pipeline::load(&pipeline)?;

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::{Error, Result};
 use crate::evaluate::{CategoryTable, DpOptimum};
@@ -12,10 +12,10 @@ use crate::model::Params;
 use crate::optimize::EpochRecord;
 
 /// Version of the layout of `summary.json`.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything a run produced, as written to `summary.json`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Layout version of this file.
     pub schema_version: u32,
@@ -35,12 +35,32 @@ pub struct Summary {
     pub processes: Vec<ProcessSummary>,
     /// One entry per number of categories.
     pub runs: Vec<RunSummary>,
+    /// The penalties of the objective.
+    pub penalties: Penalties,
+    /// Plot settings of the pipeline.
+    pub report: crate::config::ReportFile,
     /// Wall-clock times of the stages, in seconds.
     pub timings_s: Timings,
 }
 
+/// The objective's penalties: their thresholds and weights λ.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Penalties {
+    /// Smallest background yield per category before the penalty applies.
+    pub low_background: Option<Penalty>,
+    /// Largest relative MC uncertainty √Σw²/B per category.
+    pub mc_uncertainty: Option<Penalty>,
+}
+
+/// One penalty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Penalty {
+    pub threshold: f64,
+    pub weight: f64,
+}
+
 /// Software versions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Versions {
     pub gato: String,
     pub burn: String,
@@ -58,18 +78,19 @@ impl Default for Versions {
 }
 
 /// Selected events of one process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessSummary {
     pub name: String,
     pub role: String,
     /// Unweighted count after selection.
     pub events: usize,
     /// Sum of weights after selection and scaling.
+    #[serde(deserialize_with = "number_or_nan")]
     pub event_yield: f64,
 }
 
 /// Stage timings in seconds.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub select: f64,
     pub train: f64,
@@ -79,7 +100,7 @@ pub struct Timings {
 }
 
 /// One trained model and its evaluation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     /// Run directory name under the output directory.
     pub name: String,
@@ -88,7 +109,7 @@ pub struct RunSummary {
     /// Number of categories K.
     pub categories: usize,
     /// Bins per discriminant of a sigmoid grid.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bins: Option<Vec<usize>>,
     /// `asimov` or `asimov-gato`.
     pub significance_formula: String,
@@ -101,6 +122,7 @@ pub struct RunSummary {
     /// Epoch of the kept parameters, from 0.
     pub kept_epoch: usize,
     /// Hard Z of the kept epoch, before refinement.
+    #[serde(deserialize_with = "number_or_nan")]
     pub trained_z: f64,
     /// Whether the cuts were refined on the exact hard significance.
     pub refined: bool,
@@ -109,18 +131,24 @@ pub struct RunSummary {
     /// Boundaries of 1D cut models (the learnt cuts).
     pub boundaries: Option<Vec<f64>>,
     /// Cuts per discriminant of a sigmoid grid.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grid_boundaries: Option<Vec<Vec<f64>>>,
     /// Background reweighting factors per category used in the table.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background_factors: Option<Vec<f64>>,
+    /// Mass spectra and exponential fits of the final categories
+    /// (`objective.sideband_fit` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sideband: Option<SidebandSummary>,
     /// Kept parameters, raw.
     pub parameters: Params,
     /// Hard categories, exactly evaluated.
     pub table: CategoryTable,
     /// Soft significance of the kept parameters.
+    #[serde(deserialize_with = "number_or_nan")]
     pub soft_z: f64,
     /// (soft Z − hard Z) / hard Z at the kept epoch, before refinement.
+    #[serde(deserialize_with = "number_or_nan")]
     pub soft_hard_bias: f64,
     /// K equal bins on the range.
     pub equidistant: Baseline,
@@ -133,11 +161,12 @@ pub struct RunSummary {
     /// The saved model, for `gato apply`.
     pub model_file: String,
     /// Training time of all starts, in seconds.
+    #[serde(deserialize_with = "number_or_nan")]
     pub training_s: f64,
 }
 
 /// An input and the categorised copy written for it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutputFile {
     /// Input file, or the generator source.
     pub input: String,
@@ -146,37 +175,96 @@ pub struct OutputFile {
 }
 
 /// One start of a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RestartSummary {
     pub restart: usize,
     pub kept_epoch: usize,
+    #[serde(deserialize_with = "number_or_nan")]
     pub hard_z: f64,
+    #[serde(deserialize_with = "number_or_nan")]
     pub training_s: f64,
 }
 
 /// A baseline binning.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Baseline {
     /// Category edges on the one discriminant; empty otherwise.
     pub edges: Vec<f64>,
     /// Bin edges per discriminant of a sigmoid grid.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grid_edges: Option<Vec<Vec<f64>>>,
+    #[serde(deserialize_with = "number_or_nan")]
     pub z: f64,
+    #[serde(deserialize_with = "numbers_or_nan")]
     pub z_per_signal: Vec<f64>,
 }
 
 /// The DP optimum and how far the learnt categories are from it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DpSummary {
     #[serde(flatten)]
     pub optimum: DpOptimum,
     /// (Z_dp − Z_learnt) / Z_dp; negative where the learnt cuts are better
     /// than the binned optimum.
+    #[serde(deserialize_with = "number_or_nan")]
     pub gap: f64,
 }
 
+/// The sideband fits of a run's final categories.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SidebandSummary {
+    /// Signal mass window `[low, high]`.
+    pub window: [f64; 2],
+    /// Fit range `[low, high]`.
+    pub range: [f64; 2],
+    /// Bin edges of the spectra.
+    pub edges: Vec<f64>,
+    /// One spectrum and fit per category.
+    pub categories: Vec<crate::sideband::CategorySpectrum>,
+}
+
+/// Reads a float64 that JSON may hold as `null` (how NaN is written).
+pub(crate) fn number_or_nan<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
+/// Reads float64 values that JSON may hold as `null` (how NaN is written).
+pub(crate) fn numbers_or_nan<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<f64>, D::Error> {
+    Ok(Vec::<Option<f64>>::deserialize(d)?
+        .into_iter()
+        .map(|v| v.unwrap_or(f64::NAN))
+        .collect())
+}
+
 impl Summary {
+    /// Reads `summary.json` from `path`; its `schema_version` must be
+    /// [`SCHEMA_VERSION`].
+    pub fn read(path: &Path) -> Result<Summary> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::input(
+                path,
+                format!("cannot read it ({e}); `gato run` writes it with the run's outputs"),
+            )
+        })?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::input(path, format!("not valid JSON: {e}")))?;
+        let version = value.get("schema_version").and_then(serde_json::Value::as_u64);
+        if version != Some(u64::from(SCHEMA_VERSION)) {
+            return Err(Error::input(
+                path,
+                format!(
+                    "schema_version is {}, this gato reads {SCHEMA_VERSION}; rerun the \
+                     pipeline with this gato to rewrite it",
+                    version.map_or("missing".to_string(), |v| v.to_string())
+                ),
+            ));
+        }
+        serde_json::from_value(value)
+            .map_err(|e| Error::input(path, format!("not a gato summary: {e}")))
+    }
+
     /// Writes the summary as pretty JSON to `path`, through a temporary
     /// file.
     pub fn write(&self, path: &Path) -> Result<()> {

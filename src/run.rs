@@ -21,7 +21,8 @@ use crate::objective::EventTensors;
 use crate::optimize::{TrainOutcome, Trainer};
 use crate::report::{
     Baseline, DpSummary, OutputFile, ProcessSummary, RestartSummary, RunSummary, Summary,
-    Timings, format_comparison, format_run, write_history,
+    Penalties, Penalty, SidebandSummary, Timings, format_comparison, format_run,
+    write_history,
 };
 use crate::select::{Events, select};
 use crate::source::Sources;
@@ -103,6 +104,11 @@ async fn run_checked(
             )
         })?;
     }
+    std::fs::create_dir_all(&staging).map_err(|e| {
+        Error::output(&staging, format!("cannot create directory: {e}"))
+    })?;
+    crate::plot::Histograms::new(pipeline, &events)
+        .write(&staging.join("histograms.json"))?;
     let cpu_tensors;
     #[cfg(feature = "cuda")]
     let cuda_tensors;
@@ -243,11 +249,38 @@ async fn run_checked(
         device: device.to_string(),
         processes,
         runs,
+        penalties: Penalties {
+            low_background: pipeline
+                .objective
+                .low_background
+                .map(|(threshold, weight)| Penalty { threshold, weight }),
+            mc_uncertainty: pipeline
+                .objective
+                .mc_uncertainty
+                .map(|(threshold, weight)| Penalty { threshold, weight }),
+        },
+        report: pipeline.report.clone(),
         timings_s: timings,
     };
     publish(&output, &staging, &summary, options.overwrite)?;
     let path = output.join("summary.json");
     tracing::info!(summary = %path.display(), "run finished");
+    // The results are in place; a plot that cannot be drawn does not undo
+    // them, and `gato report` can draw it again.
+    let drawing = Instant::now();
+    match crate::plot::draw_report(&output) {
+        Ok(files) => tracing::info!(
+            report = %files.html.display(),
+            plots = files.plots.len(),
+            seconds = drawing.elapsed().as_secs_f64(),
+            "report drawn"
+        ),
+        Err(e) => tracing::warn!(
+            "the plots and report.html were not drawn: {e}; run `gato report {}` to \
+             draw them",
+            output.display()
+        ),
+    }
     Ok(summary)
 }
 
@@ -442,14 +475,19 @@ fn evaluate_run(
         e
     });
     let assign = model.assign(&outcome.params, &events.discriminants);
-    let mut table = evaluate(
-        pipeline,
-        events,
-        &assign,
-        k,
-        edges.as_deref(),
-        outcome.factors.as_deref(),
-    );
+    // With a sideband fit, the final categories get their own fits.
+    let sideband = pipeline.objective.sideband.as_ref().map(|spec| SidebandSummary {
+        window: [spec.window.0, spec.window.1],
+        range: [spec.range.0, spec.range.1],
+        edges: crate::sideband::spectrum_edges(spec),
+        categories: crate::sideband::category_spectra(pipeline, events, &assign, k, spec),
+    });
+    let factors = match &sideband {
+        Some(s) => Some(s.categories.iter().map(|c| c.factor).collect::<Vec<_>>()),
+        None => outcome.factors.clone(),
+    };
+    let mut table =
+        evaluate(pipeline, events, &assign, k, edges.as_deref(), factors.as_deref());
     if let CategoryModel::Grid(grid) = model {
         for (row, cell) in table.categories.iter_mut().zip(grid.cells(&outcome.params)) {
             row.cell = Some(cell);
@@ -533,7 +571,8 @@ fn evaluate_run(
             CategoryModel::Grid(m) => Some(m.boundaries(&outcome.params)),
             _ => None,
         },
-        background_factors: outcome.factors.clone(),
+        background_factors: factors,
+        sideband,
         parameters: outcome.params.clone(),
         soft_z: outcome.soft_z,
         soft_hard_bias,
@@ -676,6 +715,10 @@ fn publish(
             Error::output(&target, format!("cannot move the run into place: {e}"))
         })?;
     }
+    let histograms = output.join("histograms.json");
+    std::fs::rename(staging.join("histograms.json"), &histograms).map_err(|e| {
+        Error::output(&histograms, format!("cannot move the histograms into place: {e}"))
+    })?;
     summary.write(&output.join("summary.json"))?;
     for name in previous {
         let dir = output.join(&name);
@@ -717,8 +760,16 @@ fn check_output(pipeline: &Pipeline, output: &Path, overwrite: bool) -> Result<(
     let new_runs: Vec<String> =
         pipeline.model.bins.iter().map(|b| run_name(&build_model(pipeline, b))).collect();
     // Everything the run may replace or remove under the output directory.
-    let mut touched: Vec<PathBuf> =
-        vec![output.join(".gato-staging"), output.join("summary.json")];
+    let mut touched: Vec<PathBuf> = [
+        ".gato-staging",
+        "summary.json",
+        "histograms.json",
+        "plots",
+        "report.html",
+    ]
+    .iter()
+    .map(|n| output.join(n))
+    .collect();
     touched.extend(new_runs.iter().map(|n| output.join(n)));
     if overwrite {
         touched.extend(previous_run_names(output).iter().map(|n| output.join(n)));

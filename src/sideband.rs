@@ -6,7 +6,7 @@ use crate::config::{Pipeline, Role, SidebandSpec};
 use crate::select::Events;
 
 /// An exponential fitted to a binned spectrum.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExpFit {
     /// Slope B, per unit of mass.
     pub slope: f64,
@@ -159,35 +159,58 @@ pub fn window_fraction(slope: f64, window: (f64, f64), range: (f64, f64)) -> f64
         / integral(slope, range.0, range.1, origin)
 }
 
-/// Returns the background factor of each of the `k` hard categories in
-/// `assign`: the fitted share of the category's background mass spectrum that falls
-/// in the window.
+/// The background mass spectrum of one hard category and its fit.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CategorySpectrum {
+    /// Background yield per bin of the fit range.
+    pub background: Vec<f64>,
+    /// Background Σw² per bin.
+    pub background_sumw2: Vec<f64>,
+    /// Yield of all signals per bin (signal outside the window weighs 0).
+    pub signal: Vec<f64>,
+    /// The exponential fitted to `background`; `None` where the fit failed
+    /// or was not tried.
+    pub fit: Option<ExpFit>,
+    /// Share of the background in the window: from the fit, or the window
+    /// width over the range width where there is no fit.
+    pub factor: f64,
+}
+
+/// Bins each of the `k` hard categories' mass spectrum on the fit range
+/// (`spec.bins` equal bins: background yields and Σw², signal yields) and
+/// fits the background with [`fit_exponential`].
 ///
-/// Each category's background events with a mass inside the fit range are
-/// binned (`spec.bins` equal bins, yields and Σw²) and fitted with
-/// [`fit_exponential`]. Where the fit fails, or the category has no
-/// background event in the window, the factor is the window's share of the
-/// range width. `events.mass` must be present.
-pub fn category_factors(
+/// A category's factor is the fitted share of its background in the
+/// window. Where the fit fails, or the category has no background event in
+/// the window, the factor is the window's share of the range width and
+/// `fit` is `None`. Without `events.mass` every category gets that flat
+/// factor and empty spectra.
+pub fn category_spectra(
     pipeline: &Pipeline,
     events: &Events,
     assign: &[u32],
     k: usize,
     spec: &SidebandSpec,
-) -> Vec<f64> {
+) -> Vec<CategorySpectrum> {
     let (lo, hi) = spec.range;
     let flat = (spec.window.1 - spec.window.0) / (hi - lo);
-    let Some(mass) = events.mass.as_ref() else {
-        return vec![flat; k];
-    };
     let bins = spec.bins;
-    let mut yields = vec![vec![0.0f64; bins]; k];
-    let mut sumw2 = vec![vec![0.0f64; bins]; k];
+    let mut spectra = vec![
+        CategorySpectrum {
+            background: vec![0.0; bins],
+            background_sumw2: vec![0.0; bins],
+            signal: vec![0.0; bins],
+            fit: None,
+            factor: flat,
+        };
+        k
+    ];
+    let Some(mass) = events.mass.as_ref() else {
+        return spectra;
+    };
     let mut in_window = vec![false; k];
     for (p, range) in events.process_ranges.iter().enumerate() {
-        if pipeline.processes[p].role != Role::Background {
-            continue;
-        }
+        let background = pipeline.processes[p].role == Role::Background;
         for i in range.clone() {
             let m = mass[i];
             if !(lo..=hi).contains(&m) {
@@ -198,26 +221,54 @@ pub fn category_factors(
                 .floor()
                 .min((bins - 1) as f64) as usize;
             let w = events.weight[i];
-            yields[c][bin] += w;
-            sumw2[c][bin] += w * w;
+            let s = &mut spectra[c];
+            if !background {
+                s.signal[bin] += w;
+                continue;
+            }
+            s.background[bin] += w;
+            s.background_sumw2[bin] += w * w;
             if (spec.window.0..=spec.window.1).contains(&m) {
                 in_window[c] = true;
             }
         }
     }
-    let edges: Vec<f64> =
-        (0..=bins).map(|b| lo + (hi - lo) * b as f64 / bins as f64).collect();
-    (0..k)
-        .map(|c| {
-            if !in_window[c] {
-                return flat;
-            }
-            match fit_exponential(&edges, &yields[c], &sumw2[c]) {
-                Some(fit) => window_fraction(fit.slope, spec.window, spec.range),
-                None => flat,
-            }
-        })
-        .collect()
+    let edges = spectrum_edges(spec);
+    for (s, seen) in spectra.iter_mut().zip(in_window) {
+        if !seen {
+            continue;
+        }
+        s.fit = fit_exponential(&edges, &s.background, &s.background_sumw2);
+        if let Some(fit) = s.fit {
+            s.factor = window_fraction(fit.slope, spec.window, spec.range);
+        }
+    }
+    spectra
+}
+
+/// Bin edges of the fitted spectrum: `spec.bins` equal bins on the range.
+pub fn spectrum_edges(spec: &SidebandSpec) -> Vec<f64> {
+    let (lo, hi) = spec.range;
+    (0..=spec.bins).map(|b| lo + (hi - lo) * b as f64 / spec.bins as f64).collect()
+}
+
+/// Yield of a fitted exponential in the bin `[a, b]` of the fit range
+/// `range`.
+pub fn fitted_yield(fit: &ExpFit, a: f64, b: f64, range: (f64, f64)) -> f64 {
+    fit.total * integral(fit.slope, a, b, range.0)
+        / integral(fit.slope, range.0, range.1, range.0)
+}
+
+/// Returns the background factor of each of the `k` hard categories in
+/// `assign` (see [`category_spectra`]).
+pub fn category_factors(
+    pipeline: &Pipeline,
+    events: &Events,
+    assign: &[u32],
+    k: usize,
+    spec: &SidebandSpec,
+) -> Vec<f64> {
+    category_spectra(pipeline, events, assign, k, spec).iter().map(|s| s.factor).collect()
 }
 
 #[cfg(test)]

@@ -46,6 +46,9 @@ pub struct PipelineFile {
     /// overrides it.
     #[serde(default)]
     pub device: Option<String>,
+    /// Plot settings.
+    #[serde(default)]
+    pub report: ReportFile,
 }
 
 fn default_seed() -> u64 {
@@ -744,4 +747,34 @@ impl Default for EvaluationFile {
 
 fn default_dp_bins() -> usize {
     1000
+}
+
+/// Plot settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportFile {
+    /// Logarithmic yield axes on the stacked plots.
+    #[serde(default = "default_log_y")]
+    pub log_y: bool,
+    /// Factor on the signal lines of the stacked plots; chosen from the
+    /// yields when absent.
+    #[serde(default)]
+    pub signal_scale: Option<f64>,
+    /// Bins of the discriminant and mass histograms.
+    #[serde(default = "default_report_bins")]
+    pub bins: usize,
+}
+
+impl Default for ReportFile {
+    fn default() -> Self {
+        ReportFile { log_y: default_log_y(), signal_scale: None, bins: default_report_bins() }
+    }
+}
+
+fn default_log_y() -> bool {
+    true
+}
+
+fn default_report_bins() -> usize {
+    50
 }

@@ -18,7 +18,7 @@ use serde_saphyr::{Location, Spanned};
 
 pub use file::{
     Checkpoint, CombineRule, GeneratorKind, GmmInit, MeanMapping, ModelKind,
-    NonFinitePolicy, OptimizerKind, Role, SignificanceKind,
+    NonFinitePolicy, OptimizerKind, ReportFile, Role, SignificanceKind,
 };
 pub use schedule::Schedule;
 
@@ -33,6 +33,8 @@ pub const MAX_RESTARTS: usize = 1000;
 pub const MAX_CATEGORIES: usize = 1000;
 /// Largest DP histogram; the DP costs O(K·bins²) time.
 pub const MAX_DP_BINS: usize = 20_000;
+/// Largest `report.bins`.
+pub const MAX_REPORT_BINS: usize = 1000;
 
 /// A validated pipeline, ready to run.
 #[derive(Debug, Clone)]
@@ -65,6 +67,8 @@ pub struct Pipeline {
     pub output: PathBuf,
     /// Training device.
     pub device: crate::device::DeviceChoice,
+    /// Plot settings.
+    pub report: file::ReportFile,
 }
 
 /// One input of events, read once even when several processes share it.
@@ -279,6 +283,15 @@ impl Pipeline {
         let largest_k = model.categories.iter().copied().max().unwrap_or(2);
         in_range("evaluation.dp_bins", file.evaluation.dp_bins, largest_k, MAX_DP_BINS)
             .map_err(|e| Error::Config(format!("{e} (it must be at least the largest K)")))?;
+        in_range("report.bins", file.report.bins, 2, MAX_REPORT_BINS)?;
+        if let Some(scale) = file.report.signal_scale
+            && !(scale.is_finite() && scale > 0.0)
+        {
+            return Err(plain(
+                "report.signal_scale",
+                format!("must be a positive number, got {scale}"),
+            ));
+        }
         if let Some(low) = file.evaluation.argmax_low {
             let signals = processes.iter().filter(|p| p.role == Role::Signal).count();
             if !(low.is_finite() && (0.0..1.0).contains(&low)) {
@@ -341,6 +354,7 @@ impl Pipeline {
             evaluation: file.evaluation.clone(),
             output,
             device,
+            report: file.report.clone(),
         })
     }
 

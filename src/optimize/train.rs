@@ -13,35 +13,42 @@ use crate::objective::{EventTensors, Objective};
 use crate::select::Events;
 
 /// Record of one epoch.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EpochRecord {
     /// Epoch index, from 0.
     pub epoch: usize,
     /// Loss that was minimised.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub loss: f64,
     /// Soft (differentiable) significance.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub soft_z: f64,
     /// Hard significance of the same parameters, evaluated exactly.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub hard_z: f64,
     /// Low-background penalty, λ included.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub low_background_penalty: f64,
     /// MC-uncertainty penalty, λ included.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub mc_uncertainty_penalty: f64,
     /// Learning rate of the step taken after this epoch.
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub learning_rate: f64,
     /// Steepness (sigmoid) or temperature (GMM).
+    #[serde(deserialize_with = "crate::report::number_or_nan")]
     pub anneal: f64,
     /// Boundaries of 1D sigmoid cuts.
     pub boundaries: Option<Vec<f64>>,
     /// Cuts per discriminant of a sigmoid grid.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grid_boundaries: Option<Vec<Vec<f64>>>,
     /// Steepness per discriminant of a sigmoid grid (`anneal` is the
     /// first).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steepness: Option<Vec<f64>>,
     /// Background reweighting factors per category used in this epoch.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub background_factors: Option<Vec<f64>>,
 }
 

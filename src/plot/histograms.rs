@@ -1,0 +1,212 @@
+//! Binned distributions of the selected events, written as
+//! `histograms.json` so that `gato report` can redraw the plots without
+//! reading the events again.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Pipeline, Role};
+use crate::error::{Error, Result};
+use crate::select::Events;
+
+/// Layout version of `histograms.json`.
+pub const HISTOGRAMS_VERSION: u32 = 1;
+
+/// The binned events of a run, per process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Histograms {
+    /// Layout version, [`HISTOGRAMS_VERSION`].
+    pub version: u32,
+    /// Process names, in the order of the pipeline.
+    pub processes: Vec<String>,
+    /// `signal` or `background`, per process.
+    pub roles: Vec<String>,
+    /// One histogram per discriminant, on the model's range.
+    pub discriminants: Vec<Histogram>,
+    /// The events on the plane of the two discriminants (two-discriminant
+    /// pipelines only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plane: Option<PlaneHistogram>,
+    /// The `selection.mass` column, on the sideband fit's range or the
+    /// column's own range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mass: Option<Histogram>,
+}
+
+/// A histogram of one column per process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Histogram {
+    /// Column name.
+    pub column: String,
+    /// Unit of the column, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    /// Bin edges, ascending; values outside count in the first or last bin.
+    pub edges: Vec<f64>,
+    /// Σw per process and bin.
+    pub sumw: Vec<Vec<f64>>,
+    /// Σw² per process and bin.
+    pub sumw2: Vec<Vec<f64>>,
+}
+
+/// Σw of signal and background on a grid of two discriminants.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlaneHistogram {
+    /// Horizontal and vertical columns.
+    pub columns: [String; 2],
+    /// Bin edges of each axis.
+    pub edges: [Vec<f64>; 2],
+    /// Background Σw, row-major with the horizontal bin fastest.
+    pub background: Vec<f64>,
+    /// Signal Σw, same layout.
+    pub signal: Vec<f64>,
+}
+
+/// Index of the bin of `x` among `bins` equal bins on `[lo, hi]`, with
+/// values outside in the first or last bin.
+fn bin_of(x: f64, lo: f64, hi: f64, bins: usize) -> usize {
+    let t = ((x - lo) / (hi - lo) * bins as f64).floor();
+    if t.is_nan() || t < 0.0 {
+        0
+    } else {
+        (t as usize).min(bins - 1)
+    }
+}
+
+fn equal_edges(lo: f64, hi: f64, bins: usize) -> Vec<f64> {
+    (0..=bins).map(|b| lo + (hi - lo) * b as f64 / bins as f64).collect()
+}
+
+fn histogram(
+    events: &Events,
+    values: &[f64],
+    column: &str,
+    unit: Option<&str>,
+    (lo, hi): (f64, f64),
+    bins: usize,
+) -> Histogram {
+    let processes = events.process_ranges.len();
+    let mut sumw = vec![vec![0.0; bins]; processes];
+    let mut sumw2 = vec![vec![0.0; bins]; processes];
+    for (p, range) in events.process_ranges.iter().enumerate() {
+        for i in range.clone() {
+            let b = bin_of(values[i], lo, hi, bins);
+            let w = events.weight[i];
+            sumw[p][b] += w;
+            sumw2[p][b] += w * w;
+        }
+    }
+    Histogram {
+        column: column.to_string(),
+        unit: unit.map(str::to_string),
+        edges: equal_edges(lo, hi, bins),
+        sumw,
+        sumw2,
+    }
+}
+
+impl Histograms {
+    /// Bins the selected events with `report.bins` bins per axis.
+    pub fn new(pipeline: &Pipeline, events: &Events) -> Histograms {
+        let bins = pipeline.report.bins;
+        let discriminants = pipeline
+            .selection
+            .discriminants
+            .iter()
+            .zip(&events.discriminants)
+            .zip(&pipeline.model.ranges)
+            .map(|((name, values), &range)| histogram(events, values, name, None, range, bins))
+            .collect();
+        let plane = (events.discriminants.len() == 2).then(|| {
+            let [(x0, x1), (y0, y1)] = [pipeline.model.ranges[0], pipeline.model.ranges[1]];
+            let mut background = vec![0.0; bins * bins];
+            let mut signal = vec![0.0; bins * bins];
+            for (p, range) in events.process_ranges.iter().enumerate() {
+                let target = match pipeline.processes[p].role {
+                    Role::Signal => &mut signal,
+                    Role::Background => &mut background,
+                };
+                for i in range.clone() {
+                    let bx = bin_of(events.discriminants[0][i], x0, x1, bins);
+                    let by = bin_of(events.discriminants[1][i], y0, y1, bins);
+                    target[by * bins + bx] += events.weight[i];
+                }
+            }
+            PlaneHistogram {
+                columns: [
+                    pipeline.selection.discriminants[0].clone(),
+                    pipeline.selection.discriminants[1].clone(),
+                ],
+                edges: [equal_edges(x0, x1, bins), equal_edges(y0, y1, bins)],
+                background,
+                signal,
+            }
+        });
+        let mass = events.mass.as_ref().and_then(|mass| {
+            let column = pipeline.selection.mass.as_deref().unwrap_or("mass");
+            let range = match &pipeline.objective.sideband {
+                Some(spec) => spec.range,
+                None => {
+                    let lo = mass.iter().copied().filter(|m| m.is_finite()).fold(f64::INFINITY, f64::min);
+                    let hi = mass.iter().copied().filter(|m| m.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+                    if !(lo < hi) {
+                        return None;
+                    }
+                    (lo, hi)
+                }
+            };
+            Some(histogram(events, mass, column, Some("GeV"), range, bins))
+        });
+        Histograms {
+            version: HISTOGRAMS_VERSION,
+            processes: pipeline.processes.iter().map(|p| p.name.clone()).collect(),
+            roles: pipeline
+                .processes
+                .iter()
+                .map(|p| match p.role {
+                    Role::Signal => "signal".to_string(),
+                    Role::Background => "background".to_string(),
+                })
+                .collect(),
+            discriminants,
+            plane,
+            mass,
+        }
+    }
+
+    /// Writes the histograms as JSON to `path`, through a temporary file.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let json = serde_json::to_string(self)
+            .map_err(|e| Error::Internal(format!("serialising histograms: {e}")))?;
+        crate::atomic::write(path, json.as_bytes())
+    }
+
+    /// Reads `histograms.json` from `path`.
+    pub fn read(path: &Path) -> Result<Histograms> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::input(
+                path,
+                format!("cannot read it ({e}); `gato run` writes it with the run's outputs"),
+            )
+        })?;
+        let histograms: Histograms = serde_json::from_str(&text)
+            .map_err(|e| Error::input(path, format!("not a gato histogram file: {e}")))?;
+        if histograms.version != HISTOGRAMS_VERSION {
+            return Err(Error::input(
+                path,
+                format!(
+                    "version {} is not {HISTOGRAMS_VERSION}; rerun the pipeline with this \
+                     gato to rewrite it",
+                    histograms.version
+                ),
+            ));
+        }
+        Ok(histograms)
+    }
+
+    /// Indices of the processes with role `role`.
+    pub fn indices(&self, role: &str) -> Vec<usize> {
+        (0..self.roles.len()).filter(|&i| self.roles[i] == role).collect()
+    }
+}
