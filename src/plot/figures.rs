@@ -49,7 +49,8 @@ fn integer_label(v: f64) -> String {
 
 /// A short number for axis ticks.
 fn tick_label(v: f64) -> String {
-    if v == 0.0 {
+    // Tick positions computed in floating point land near zero.
+    if v.abs() < 1e-12 {
         return "0".into();
     }
     let a = v.abs();

@@ -44,7 +44,7 @@ pub const Y_LABEL_AREA: u32 = 80;
 pub const CAPTION_HEIGHT: u32 = 30;
 
 /// Colour of category boundaries.
-pub const BOUNDARY: RGBColor = RGBColor(0xc0, 0x10, 0x10);
+pub const BOUNDARY: RGBColor = RGBColor(0x22, 0x22, 0x22);
 
 /// Fill colours of background processes, in order.
 const BACKGROUND_COLOURS: [RGBColor; 8] = [
@@ -61,9 +61,9 @@ const BACKGROUND_COLOURS: [RGBColor; 8] = [
 /// Line colours of signal processes, in order.
 const SIGNAL_COLOURS: [RGBColor; 4] = [
     RGBColor(0xd0, 0x1c, 0x1c),
-    RGBColor(0x10, 0x10, 0x10),
+    RGBColor(0x7a, 0x00, 0x9a),
     RGBColor(0xe0, 0x5c, 0x00),
-    RGBColor(0x7a, 0x00, 0x7a),
+    RGBColor(0x00, 0x80, 0x80),
 ];
 
 /// Fill colours of categories on maps, in order.

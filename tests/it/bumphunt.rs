@@ -125,6 +125,18 @@ fn sideband_factors_match_recomputed_fits() {
         // share between those of the two extremes, above the flat 3/80.
         assert!(factors[c] > 0.043, "category {c}: {}", factors[c]);
         assert!(factors[c] < 0.047, "category {c}: {}", factors[c]);
+        // The summary keeps the binned spectrum and the fit behind it.
+        let spectrum = &run["sideband"]["categories"][c];
+        let stored: Vec<f64> =
+            serde_json::from_value(spectrum["background"].clone()).unwrap();
+        let stored_w2: Vec<f64> =
+            serde_json::from_value(spectrum["background_sumw2"].clone()).unwrap();
+        for b in 0..10 {
+            assert!((stored[b] - y[b]).abs() <= 1e-9 * y[b], "category {c} bin {b}");
+            assert!((stored_w2[b] - w2[b]).abs() <= 1e-9 * w2[b], "category {c} bin {b}");
+        }
+        assert_eq!(spectrum["fit"]["slope"].as_f64().unwrap(), fit.slope);
+        assert_eq!(spectrum["factor"].as_f64().unwrap(), factors[c]);
         let row = &run["table"]["categories"][c];
         let got = row["background"].as_f64().unwrap();
         assert!(
@@ -145,6 +157,21 @@ fn sideband_factors_match_recomputed_fits() {
 
     // The argmax baseline counts only the window.
     assert!(run["argmax"]["z"].as_f64().unwrap() > 0.0);
+
+    // The plots of the workflow: the inclusive spectrum, each category's
+    // spectrum with its fit (one fitted curve per category), the factors
+    // over the epochs (one line per category).
+    let out = dir.path().join("out");
+    assert!(out.join("plots/mass_inclusive.png").is_file());
+    let svg =
+        std::fs::read_to_string(out.join("gmm_k3/plots/mass_categories.svg")).unwrap();
+    let fit_colour = "stroke=\"#1F4EA0\"";
+    let curves = svg
+        .split("<polyline")
+        .filter(|p| p.contains(fit_colour) && p.matches(',').count() > 100)
+        .count();
+    assert_eq!(curves, 3);
+    assert!(out.join("gmm_k3/plots/background_factors.png").is_file());
 }
 
 /// Runs the full pipelines/bumphunt.yaml: at K = 5 the learnt categories beat

@@ -69,7 +69,7 @@ fn cli_generate_run_and_apply() {
         &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(summary["schema_version"], 1);
+    assert_eq!(summary["schema_version"], 2);
     let run = &summary["runs"][0];
     let cuts: Vec<f64> = run["boundaries"]
         .as_array()

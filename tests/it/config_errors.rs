@@ -846,3 +846,22 @@ fn error_unusable_output_directory() {
         "{err}"
     );
 }
+
+#[test]
+fn error_report_settings() {
+    let err = config_error(&format!("{BASE}report:\n  bins: 1\n"));
+    assert_eq!(err, "p.yaml: report.bins: must be between 2 and 1000, got 1");
+    let err = config_error(&format!("{BASE}report:\n  signal_scale: -10\n"));
+    assert_eq!(err, "p.yaml: report.signal_scale: must be a positive number, got -10");
+    let err = config_error(&format!("{BASE}report:\n  logy: true\n"));
+    assert!(err.contains("line 15 column 3: unknown field `logy`"), "{err}");
+    let p = Pipeline::from_text(
+        &format!("{BASE}report:\n  log_y: false\n  signal_scale: 50\n  bins: 20\n"),
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        p.report,
+        gato::config::ReportFile { log_y: false, signal_scale: Some(50.0), bins: 20 }
+    );
+}

@@ -11,4 +11,5 @@ mod kill;
 mod parity;
 mod properties;
 mod reference;
+mod report;
 mod toy;
