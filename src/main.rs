@@ -190,6 +190,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 files.plots.len(),
                 files.html.display()
             );
+            if !files.failures.is_empty() {
+                anyhow::bail!(
+                    "{} plots or runs could not be drawn:\n  {}",
+                    files.failures.len(),
+                    files.failures.join("\n  ")
+                );
+            }
             Ok(())
         }
         Command::Validate { pipeline } => {

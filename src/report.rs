@@ -224,7 +224,9 @@ pub struct SidebandSummary {
 }
 
 /// Reads a float64 that JSON may hold as `null` (how NaN is written).
-pub(crate) fn number_or_nan<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+pub(crate) fn number_or_nan<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
@@ -245,19 +247,22 @@ impl Summary {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::input(
                 path,
-                format!("cannot read it ({e}); `gato run` writes it with the run's outputs"),
+                format!(
+                    "cannot read it ({e}); `gato run` writes it with the run's outputs"
+                ),
             )
         })?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::input(path, format!("not valid JSON: {e}")))?;
-        let version = value.get("schema_version").and_then(serde_json::Value::as_u64);
+        let field = value.get("schema_version");
+        let version = field.and_then(serde_json::Value::as_u64);
         if version != Some(u64::from(SCHEMA_VERSION)) {
             return Err(Error::input(
                 path,
                 format!(
                     "schema_version is {}, this gato reads {SCHEMA_VERSION}; rerun the \
                      pipeline with this gato to rewrite it",
-                    version.map_or("missing".to_string(), |v| v.to_string())
+                    field.map_or("missing".to_string(), |v| v.to_string())
                 ),
             ));
         }

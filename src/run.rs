@@ -20,8 +20,8 @@ use crate::model::{CategoryModel, GaussianMixture, SigmoidCuts, SigmoidGrid};
 use crate::objective::EventTensors;
 use crate::optimize::{TrainOutcome, Trainer};
 use crate::report::{
-    Baseline, DpSummary, OutputFile, ProcessSummary, RestartSummary, RunSummary, Summary,
-    Penalties, Penalty, SidebandSummary, Timings, format_comparison, format_run,
+    Baseline, DpSummary, OutputFile, Penalties, Penalty, ProcessSummary, RestartSummary,
+    RunSummary, SidebandSummary, Summary, Timings, format_comparison, format_run,
     write_history,
 };
 use crate::select::{Events, select};
@@ -81,6 +81,8 @@ async fn run_checked(
 
     let sources = Sources::open(pipeline)?;
     let mut events = select(pipeline, &sources).await?;
+    // The plots show every selected event, signal outside the window too.
+    let histograms = crate::plot::Histograms::new(pipeline, &events);
     count_signal_in_window(pipeline, &mut events);
     let mut timings =
         Timings { select: started.elapsed().as_secs_f64(), ..Timings::default() };
@@ -104,11 +106,9 @@ async fn run_checked(
             )
         })?;
     }
-    std::fs::create_dir_all(&staging).map_err(|e| {
-        Error::output(&staging, format!("cannot create directory: {e}"))
-    })?;
-    crate::plot::Histograms::new(pipeline, &events)
-        .write(&staging.join("histograms.json"))?;
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| Error::output(&staging, format!("cannot create directory: {e}")))?;
+    histograms.write(&staging.join("histograms.json"))?;
     let cpu_tensors;
     #[cfg(feature = "cuda")]
     let cuda_tensors;
@@ -269,17 +269,26 @@ async fn run_checked(
     // them, and `gato report` can draw it again.
     let drawing = Instant::now();
     match crate::plot::draw_report(&output) {
-        Ok(files) => tracing::info!(
-            report = %files.html.display(),
-            plots = files.plots.len(),
-            seconds = drawing.elapsed().as_secs_f64(),
-            "report drawn"
-        ),
-        Err(e) => tracing::warn!(
-            "the plots and report.html were not drawn: {e}; run `gato report {}` to \
-             draw them",
-            output.display()
-        ),
+        Ok(files) => {
+            for failure in &files.failures {
+                tracing::warn!("not drawn: {failure}");
+            }
+            tracing::info!(
+                report = %files.html.display(),
+                plots = files.plots.len(),
+                seconds = drawing.elapsed().as_secs_f64(),
+                "report drawn"
+            );
+        }
+        Err(e) => {
+            // A report.html of an earlier run would describe other results.
+            let _ = std::fs::remove_file(output.join("report.html"));
+            tracing::warn!(
+                "the plots and report.html were not drawn: {e}; run `gato report {}` to \
+                 draw them",
+                output.display()
+            );
+        }
     }
     Ok(summary)
 }
@@ -760,16 +769,11 @@ fn check_output(pipeline: &Pipeline, output: &Path, overwrite: bool) -> Result<(
     let new_runs: Vec<String> =
         pipeline.model.bins.iter().map(|b| run_name(&build_model(pipeline, b))).collect();
     // Everything the run may replace or remove under the output directory.
-    let mut touched: Vec<PathBuf> = [
-        ".gato-staging",
-        "summary.json",
-        "histograms.json",
-        "plots",
-        "report.html",
-    ]
-    .iter()
-    .map(|n| output.join(n))
-    .collect();
+    let mut touched: Vec<PathBuf> =
+        [".gato-staging", "summary.json", "histograms.json", "plots", "report.html"]
+            .iter()
+            .map(|n| output.join(n))
+            .collect();
     touched.extend(new_runs.iter().map(|n| output.join(n)));
     if overwrite {
         touched.extend(previous_run_names(output).iter().map(|n| output.join(n)));

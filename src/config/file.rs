@@ -767,7 +767,11 @@ pub struct ReportFile {
 
 impl Default for ReportFile {
     fn default() -> Self {
-        ReportFile { log_y: default_log_y(), signal_scale: None, bins: default_report_bins() }
+        ReportFile {
+            log_y: default_log_y(),
+            signal_scale: None,
+            bins: default_report_bins(),
+        }
     }
 }
 

@@ -285,11 +285,11 @@ impl Pipeline {
             .map_err(|e| Error::Config(format!("{e} (it must be at least the largest K)")))?;
         in_range("report.bins", file.report.bins, 2, MAX_REPORT_BINS)?;
         if let Some(scale) = file.report.signal_scale
-            && !(scale.is_finite() && scale > 0.0)
+            && !(1e-6..=1e9).contains(&scale)
         {
             return Err(plain(
                 "report.signal_scale",
-                format!("must be a positive number, got {scale}"),
+                format!("must be between 1e-6 and 1e9, got {scale}"),
             ));
         }
         if let Some(low) = file.evaluation.argmax_low {

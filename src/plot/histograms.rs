@@ -67,11 +67,7 @@ pub struct PlaneHistogram {
 /// values outside in the first or last bin.
 fn bin_of(x: f64, lo: f64, hi: f64, bins: usize) -> usize {
     let t = ((x - lo) / (hi - lo) * bins as f64).floor();
-    if t.is_nan() || t < 0.0 {
-        0
-    } else {
-        (t as usize).min(bins - 1)
-    }
+    if t.is_nan() || t < 0.0 { 0 } else { (t as usize).min(bins - 1) }
 }
 
 fn equal_edges(lo: f64, hi: f64, bins: usize) -> Vec<f64> {
@@ -116,10 +112,13 @@ impl Histograms {
             .iter()
             .zip(&events.discriminants)
             .zip(&pipeline.model.ranges)
-            .map(|((name, values), &range)| histogram(events, values, name, None, range, bins))
+            .map(|((name, values), &range)| {
+                histogram(events, values, name, None, range, bins)
+            })
             .collect();
         let plane = (events.discriminants.len() == 2).then(|| {
-            let [(x0, x1), (y0, y1)] = [pipeline.model.ranges[0], pipeline.model.ranges[1]];
+            let [(x0, x1), (y0, y1)] =
+                [pipeline.model.ranges[0], pipeline.model.ranges[1]];
             let mut background = vec![0.0; bins * bins];
             let mut signal = vec![0.0; bins * bins];
             for (p, range) in events.process_ranges.iter().enumerate() {
@@ -148,8 +147,16 @@ impl Histograms {
             let range = match &pipeline.objective.sideband {
                 Some(spec) => spec.range,
                 None => {
-                    let lo = mass.iter().copied().filter(|m| m.is_finite()).fold(f64::INFINITY, f64::min);
-                    let hi = mass.iter().copied().filter(|m| m.is_finite()).fold(f64::NEG_INFINITY, f64::max);
+                    let lo = mass
+                        .iter()
+                        .copied()
+                        .filter(|m| m.is_finite())
+                        .fold(f64::INFINITY, f64::min);
+                    let hi = mass
+                        .iter()
+                        .copied()
+                        .filter(|m| m.is_finite())
+                        .fold(f64::NEG_INFINITY, f64::max);
                     if !(lo < hi) {
                         return None;
                     }
@@ -187,7 +194,9 @@ impl Histograms {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::input(
                 path,
-                format!("cannot read it ({e}); `gato run` writes it with the run's outputs"),
+                format!(
+                    "cannot read it ({e}); `gato run` writes it with the run's outputs"
+                ),
             )
         })?;
         let histograms: Histograms = serde_json::from_str(&text)
@@ -202,7 +211,50 @@ impl Histograms {
                 ),
             ));
         }
+        histograms.check().map_err(|e| {
+            Error::input(path, format!("{e}; rerun the pipeline to rewrite it"))
+        })?;
         Ok(histograms)
+    }
+
+    /// Checks that every list has the length the processes and bins call
+    /// for.
+    fn check(&self) -> std::result::Result<(), String> {
+        let processes = self.processes.len();
+        if self.roles.len() != processes {
+            return Err(format!("{} roles for {processes} processes", self.roles.len()));
+        }
+        if let Some(role) =
+            self.roles.iter().find(|r| *r != "signal" && *r != "background")
+        {
+            return Err(format!("unknown role `{role}`"));
+        }
+        let histograms = self.discriminants.iter().chain(&self.mass);
+        for h in histograms {
+            let bins = h.edges.len().saturating_sub(1);
+            if bins == 0 || !h.edges.windows(2).all(|w| w[0] < w[1]) {
+                return Err(format!("`{}` has no increasing bin edges", h.column));
+            }
+            for (name, lists) in [("sumw", &h.sumw), ("sumw2", &h.sumw2)] {
+                if lists.len() != processes || lists.iter().any(|l| l.len() != bins) {
+                    return Err(format!(
+                        "`{}` {name} must have {processes} lists of {bins} bins",
+                        h.column
+                    ));
+                }
+            }
+        }
+        if let Some(plane) = &self.plane {
+            let cells =
+                plane.edges.iter().map(|e| e.len().saturating_sub(1)).product::<usize>();
+            if cells == 0
+                || plane.background.len() != cells
+                || plane.signal.len() != cells
+            {
+                return Err(format!("the plane must have {cells} cells per role"));
+            }
+        }
+        Ok(())
     }
 
     /// Indices of the processes with role `role`.

@@ -24,13 +24,17 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// A number for a table cell; "–" for NaN.
+/// Formats a number for a table cell, with "–" for NaN.
 fn num(v: f64) -> String {
     if !v.is_finite() {
         return "–".into();
     }
     let a = v.abs();
-    if a != 0.0 && !(1e-3..1e6).contains(&a) { format!("{v:.4e}") } else { format!("{v:.4}") }
+    if a != 0.0 && !(1e-3..1e6).contains(&a) {
+        format!("{v:.4e}")
+    } else {
+        format!("{v:.4}")
+    }
 }
 
 fn opt(v: Option<f64>) -> String {
@@ -45,7 +49,7 @@ figure img{max-width:720px;border:1px solid #ddd}figcaption{font-size:0.9em}\
 pre{background:#f6f6f6;padding:1em;overflow-x:auto}#image-status{color:#b00000}";
 
 /// Sets `data-images` and `data-images-failed` on the body once the page
-/// has loaded, and says on the page when plots did not load.
+/// has loaded, and shows a message on the page when plots did not load.
 const SCRIPT: &str = "window.addEventListener('load',function(){\
 var images=document.querySelectorAll('img');var failed=0;\
 images.forEach(function(img){if(!(img.complete&&img.naturalWidth>0)){failed+=1;}});\
@@ -68,14 +72,18 @@ fn figures(out: &mut String, plots: &[PagePlot]) {
 }
 
 fn comparison(out: &mut String, summary: &Summary) {
-    let signals = summary.runs.first().map(|r| r.table.signal_processes.clone()).unwrap_or_default();
+    let signals = summary
+        .runs
+        .first()
+        .map(|r| r.table.signal_processes.clone())
+        .unwrap_or_default();
     out.push_str("<table><tr><th class=\"l\">run</th><th>K</th><th>Z learnt</th>");
     for s in &signals {
         let _ = write!(out, "<th>Z {}</th>", esc(s));
     }
     out.push_str(
-        "<th>Z equal bins</th><th>Z argmax</th><th>Z DP optimum</th><th>Z trained</th>\
-         <th>soft − hard bias</th><th>constraints met</th></tr>\n",
+        "<th>Z equal bins</th><th>Z argmax</th><th>Z best binned (DP)</th><th>Z trained</th>\
+         <th>refined</th><th>soft − hard bias</th><th>constraints met</th></tr>\n",
     );
     for r in &summary.runs {
         let _ = write!(
@@ -90,11 +98,12 @@ fn comparison(out: &mut String, summary: &Summary) {
         }
         let _ = writeln!(
             out,
-            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             num(r.equidistant.z),
             opt(r.argmax.as_ref().map(|a| a.z)),
             opt(r.dp_optimum.as_ref().map(|d| d.optimum.z)),
             num(r.trained_z),
+            if r.refined { "yes" } else { "no" },
             num(r.soft_hard_bias),
             if r.meets_constraints { "yes" } else { "no" }
         );
@@ -126,7 +135,8 @@ fn category_table(out: &mut String, run: &RunSummary) {
             (None, Some(a), Some(b)) => format!("[{}, {})", num(a), num(b)),
             _ => "–".into(),
         };
-        let _ = write!(out, "<tr><td>{}</td><td class=\"l\">{}</td>", row.category, region);
+        let _ =
+            write!(out, "<tr><td>{}</td><td class=\"l\">{}</td>", row.category, region);
         for s in &row.signal {
             let _ = write!(out, "<td>{}</td>", num(*s));
         }
@@ -148,8 +158,12 @@ fn category_table(out: &mut String, run: &RunSummary) {
     out.push_str("</table>\n");
 }
 
-/// The whole page.
-pub(super) fn page(summary: &Summary, overview: &[PagePlot], runs: &[RunPlots]) -> String {
+/// Builds the whole page.
+pub(super) fn page(
+    summary: &Summary,
+    overview: &[PagePlot],
+    runs: &[RunPlots],
+) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
@@ -185,12 +199,17 @@ pub(super) fn page(summary: &Summary, overview: &[PagePlot], runs: &[RunPlots]) 
     }
     out.push_str("</table>\n<h2>Significance</h2>\n");
     if let Some(r) = summary.runs.first() {
+        let combined = if r.table.signal_processes.len() > 1 {
+            format!("; the signals' Z are combined by the {}", esc(&r.combine))
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "<p>Asimov significance ({}), per signal combined by {}; every Z is of hard \
-             categories, evaluated exactly on the events.</p>",
+            "<p>Asimov significance ({}){combined}. Every Z is of hard categories, \
+             evaluated exactly on the events. Best binned: the best K contiguous groups \
+             of a fine histogram, found by dynamic programming.</p>",
             esc(&r.significance_formula),
-            esc(&r.combine)
         );
     }
     comparison(&mut out, summary);

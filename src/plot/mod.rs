@@ -3,11 +3,12 @@
 //! Every figure is drawn twice from the same code, into an SVG string and
 //! into an RGB buffer that is encoded as PNG, and both are written
 //! atomically. Text uses DejaVu Sans, bundled with the crate, so no system
-//! font library is needed. [`draw_report`] redraws every plot and
-//! `report.html` of an output directory from `summary.json`,
-//! `histograms.json` and each run's `history.json` and `model.json`; `gato
-//! run` calls it once the run is published, and `gato report` calls it
-//! alone.
+//! font library is needed.
+//!
+//! [`draw_report`] redraws every plot and `report.html` of an output
+//! directory from `summary.json`, `histograms.json` and each run's
+//! `history.json` and `model.json`. `gato run` calls it once the run is
+//! published, and `gato report` calls it on its own.
 
 mod figures;
 mod histograms;
@@ -42,6 +43,8 @@ pub const X_LABEL_AREA: u32 = 55;
 pub const Y_LABEL_AREA: u32 = 80;
 /// Height of the caption above each chart, in pixels.
 pub const CAPTION_HEIGHT: u32 = 30;
+/// Width of the legend column right of a stacked chart, in pixels.
+pub const LEGEND_WIDTH: u32 = 170;
 
 /// Colour of category boundaries.
 pub const BOUNDARY: RGBColor = RGBColor(0x22, 0x22, 0x22);
@@ -100,10 +103,15 @@ pub fn hex(c: RGBColor) -> String {
     format!("#{:02X}{:02X}{:02X}", c.0, c.1, c.2)
 }
 
+// NOTE: plotters 0.3.7 draws each glyph of PNG text from the left edge of
+// its outline and drops the glyph's left bearing, so narrow glyphs such as
+// "1" and "i" sit a pixel or two left of their place. SVG text is laid out
+// by the viewer and is not affected.
 fn register_font() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
-        // The bundled font is a valid TrueType file, so this cannot fail.
+        // Registration fails only on bytes that are not a font; the test
+        // below registers the bundled file.
         let _ = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
     });
 }
@@ -154,7 +162,11 @@ fn write_figure(figure: &impl Figure, dir: &Path, stem: &str) -> Result<Vec<Path
 }
 
 /// Encodes an RGB buffer as PNG.
-fn encode_png(pixels: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, png::EncodingError> {
+fn encode_png(
+    pixels: &[u8],
+    w: u32,
+    h: u32,
+) -> std::result::Result<Vec<u8>, png::EncodingError> {
     let mut out = Vec::new();
     {
         let mut encoder = png::Encoder::new(&mut out, w, h);
@@ -164,4 +176,21 @@ fn encode_png(pixels: &[u8], w: u32, h: u32) -> std::result::Result<Vec<u8>, png
         writer.write_image_data(pixels)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bundled_font_registers() {
+        assert!(plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_ok());
+    }
+
+    #[test]
+    fn png_header_has_figure_size() {
+        let png = encode_png(&vec![255; 4 * 3 * 3], 4, 3).unwrap();
+        let reader = png::Decoder::new(std::io::Cursor::new(png)).read_info().unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (4, 3));
+    }
 }

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use plotters::style::RGBColor;
 
 use super::figures::{
-    CategoryMap, Line, Lines, MassCategories, MassPanel, Panels, Stacked, YieldUncertainty,
-    auto_signal_scale,
+    CategoryMap, Line, Lines, MassCategories, MassPanel, Panels, Stacked,
+    YieldUncertainty, auto_signal_scale,
 };
 use super::histograms::Histograms;
-use super::{category_colour, signal_colour, write_figure};
+use super::{LEGEND_WIDTH, category_colour, signal_colour, write_figure};
 use crate::error::{Error, Result};
 use crate::model::SavedModel;
 use crate::optimize::EpochRecord;
@@ -18,13 +18,15 @@ use crate::report::{RunSummary, Summary};
 /// Cells per axis of the category map.
 const MAP_CELLS: usize = 120;
 
-/// What [`draw_report`] wrote.
+/// Files written by [`draw_report`].
 #[derive(Debug, Clone)]
 pub struct ReportFiles {
     /// The HTML page.
     pub html: PathBuf,
     /// Every plot file, SVG and PNG.
     pub plots: Vec<PathBuf>,
+    /// Plots and runs that could not be drawn, each with the reason.
+    pub failures: Vec<String>,
 }
 
 /// A plot on the page: its title and its path without extension, relative
@@ -40,28 +42,41 @@ pub(super) struct RunPlots {
     pub plots: Vec<PagePlot>,
 }
 
-/// Collects written figures and their page entries.
+/// Collects written figures, their page entries and the figures that
+/// failed.
 struct Writer<'a> {
     root: &'a Path,
     files: Vec<PathBuf>,
+    failures: Vec<String>,
 }
 
 impl Writer<'_> {
     /// Writes `figure` as `<sub>/plots/<stem>.{svg,png}` under the output
-    /// directory and returns its page entry.
+    /// directory and returns its page entry, or records why it failed and
+    /// returns `None`.
     fn write(
         &mut self,
         figure: &impl super::Figure,
         sub: &str,
         stem: &str,
         title: &str,
-    ) -> Result<PagePlot> {
-        let rel = if sub.is_empty() { "plots".to_string() } else { format!("{sub}/plots") };
+    ) -> Option<PagePlot> {
+        let rel =
+            if sub.is_empty() { "plots".to_string() } else { format!("{sub}/plots") };
         let dir = self.root.join(&rel);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::output(&dir, format!("cannot create directory: {e}")))?;
-        self.files.extend(write_figure(figure, &dir, stem)?);
-        Ok(PagePlot { title: title.to_string(), stem: format!("{rel}/{stem}") })
+        let written = std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::output(&dir, format!("cannot create directory: {e}")))
+            .and_then(|()| write_figure(figure, &dir, stem));
+        match written {
+            Ok(files) => {
+                self.files.extend(files);
+                Some(PagePlot { title: title.to_string(), stem: format!("{rel}/{stem}") })
+            }
+            Err(e) => {
+                self.failures.push(format!("{rel}/{stem}: {e}"));
+                None
+            }
+        }
     }
 }
 
@@ -74,7 +89,24 @@ impl Writer<'_> {
 pub fn draw_report(dir: &Path) -> Result<ReportFiles> {
     let summary = Summary::read(&dir.join("summary.json"))?;
     let histograms = Histograms::read(&dir.join("histograms.json"))?;
-    let mut writer = Writer { root: dir, files: Vec::new() };
+    if histograms.processes.len() != summary.processes.len() {
+        return Err(Error::input(
+            dir.join("histograms.json"),
+            format!(
+                "has {} processes but summary.json has {}; rerun the pipeline to rewrite both",
+                histograms.processes.len(),
+                summary.processes.len()
+            ),
+        ));
+    }
+    if let Some(scale) = summary.report.signal_scale.filter(|s| !(1e-6..=1e9).contains(s))
+    {
+        return Err(Error::input(
+            dir.join("summary.json"),
+            format!("report.signal_scale must be between 1e-6 and 1e9, got {scale}"),
+        ));
+    }
+    let mut writer = Writer { root: dir, files: Vec::new(), failures: Vec::new() };
     let signal_total: f64 = total(&histograms, "signal");
     let background_total: f64 = total(&histograms, "background");
     let scale = summary
@@ -84,15 +116,19 @@ pub fn draw_report(dir: &Path) -> Result<ReportFiles> {
 
     let mut overview = Vec::new();
     if !summary.runs.is_empty() {
-        overview.push(writer.write(
+        overview.extend(writer.write(
             &significance_figure(&summary),
             "",
             "significance_vs_categories",
             "Significance against the number of categories",
-        )?);
+        ));
     }
     if let Some(mass) = &histograms.mass {
-        let window = summary.runs.iter().find_map(|r| r.sideband.as_ref()).map(|s| (s.window[0], s.window[1]));
+        let window = summary
+            .runs
+            .iter()
+            .find_map(|r| r.sideband.as_ref())
+            .map(|s| (s.window[0], s.window[1]));
         let figure = Stacked {
             title: format!("{}: all selected events", summary.pipeline),
             x_desc: format!("{} [GeV]", mass.column),
@@ -106,18 +142,93 @@ pub fn draw_report(dir: &Path) -> Result<ReportFiles> {
             log: summary.report.log_y,
             categories: false,
         };
-        overview.push(writer.write(&figure, "", "mass_inclusive", "Mass spectrum of all selected events")?);
+        overview.extend(writer.write(
+            &figure,
+            "",
+            "mass_inclusive",
+            "Mass spectrum of all selected events",
+        ));
     }
 
     let mut runs = Vec::new();
+    let mut shown = Vec::new();
     for run in &summary.runs {
-        let plots = draw_run(&mut writer, &summary, &histograms, run, scale)?;
-        runs.push(RunPlots { name: run.name.clone(), plots });
+        match check_run(run)
+            .and_then(|()| draw_run(&mut writer, &summary, &histograms, run, scale))
+        {
+            Ok(plots) => {
+                runs.push(RunPlots { name: run.name.clone(), plots });
+                shown.push(run.clone());
+            }
+            Err(e) => writer.failures.push(format!("run `{}`: {e}", run.name)),
+        }
     }
+    remove_stale_plots(dir, &shown, &writer.files);
     let html_path = dir.join("report.html");
-    let page = super::html::page(&summary, &overview, &runs);
+    let shown_summary = Summary { runs: shown, ..summary };
+    let page = super::html::page(&shown_summary, &overview, &runs);
     crate::atomic::write(&html_path, page.as_bytes())?;
-    Ok(ReportFiles { html: html_path, plots: writer.files })
+    Ok(ReportFiles { html: html_path, plots: writer.files, failures: writer.failures })
+}
+
+/// Checks that a run's name and lists are consistent, so that drawing it
+/// neither writes outside the output directory nor indexes past a list.
+fn check_run(run: &RunSummary) -> Result<()> {
+    let fail = |message: String| Err(Error::input("summary.json", message));
+    let name = run.name.as_str();
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\']) {
+        return fail(format!("run name `{name}` is not a plain directory name"));
+    }
+    let t = &run.table;
+    if t.categories.len() != run.categories {
+        return fail(format!(
+            "{} table rows for {} categories",
+            t.categories.len(),
+            run.categories
+        ));
+    }
+    for row in &t.categories {
+        if row.signal.len() != t.signal_processes.len()
+            || row.z.len() != t.signal_processes.len()
+            || row.background_by_process.len() != t.background_processes.len()
+        {
+            return fail(format!(
+                "category {} does not list one yield per process of the table",
+                row.category
+            ));
+        }
+    }
+    if let Some(sideband) = &run.sideband {
+        let bins = sideband.edges.len().saturating_sub(1);
+        let increasing = sideband.edges.windows(2).all(|w| w[0] < w[1]);
+        let complete = sideband.categories.len() == run.categories
+            && sideband.categories.iter().all(|c| {
+                c.background.len() == bins
+                    && c.background_sumw2.len() == bins
+                    && c.signal.len() == bins
+            });
+        if bins == 0 || !increasing || !complete {
+            return fail("the sideband spectra do not match their bin edges".into());
+        }
+    }
+    Ok(())
+}
+
+/// Removes plot files under `plots/` and the shown runs' `plots/` that this
+/// drawing did not write, such as the plots of a model an earlier run had.
+fn remove_stale_plots(dir: &Path, runs: &[RunSummary], written: &[PathBuf]) {
+    let dirs = std::iter::once(dir.join("plots"))
+        .chain(runs.iter().map(|r| dir.join(&r.name).join("plots")));
+    for plots in dirs {
+        let Ok(entries) = std::fs::read_dir(&plots) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let plot = path.extension().is_some_and(|e| e == "png" || e == "svg");
+            if plot && !written.contains(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
 }
 
 fn total(histograms: &Histograms, role: &str) -> f64 {
@@ -126,7 +237,11 @@ fn total(histograms: &Histograms, role: &str) -> f64 {
 }
 
 /// Names and rows of `values` (one per process) of the processes of `role`.
-fn by_role(histograms: &Histograms, role: &str, values: &[Vec<f64>]) -> Vec<(String, Vec<f64>)> {
+fn by_role(
+    histograms: &Histograms,
+    role: &str,
+    values: &[Vec<f64>],
+) -> Vec<(String, Vec<f64>)> {
     histograms
         .indices(role)
         .into_iter()
@@ -136,30 +251,70 @@ fn by_role(histograms: &Histograms, role: &str, values: &[Vec<f64>]) -> Vec<(Str
 
 fn read_history(path: &Path) -> Result<Vec<Vec<EpochRecord>>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::input(path, format!("cannot read it ({e}); `gato run` writes it with the run"))
+        Error::input(
+            path,
+            format!("cannot read it ({e}); `gato run` writes it with the run"),
+        )
     })?;
     serde_json::from_str(&text)
         .map_err(|e| Error::input(path, format!("not a gato training history: {e}")))
 }
 
 fn series(name: &str, colour: RGBColor, width: u32, points: Vec<(f64, f64)>) -> Line {
-    Line { name: name.to_string(), colour, width, points }
+    Line { name: name.to_string(), colour, width, points, legend: true }
 }
 
-fn over_epochs(history: &[EpochRecord], value: impl Fn(&EpochRecord) -> f64) -> Vec<(f64, f64)> {
-    history.iter().map(|r| (r.epoch as f64, value(r))).collect()
+/// Most points drawn per line; longer histories are thinned evenly.
+const MAX_POINTS: usize = 2000;
+
+fn over_epochs(
+    history: &[EpochRecord],
+    value: impl Fn(&EpochRecord) -> f64,
+) -> Vec<(f64, f64)> {
+    let stride = history.len().div_ceil(MAX_POINTS).max(1);
+    history.iter().step_by(stride).map(|r| (r.epoch as f64, value(r))).collect()
 }
 
-fn panel(title: &str, y_desc: &str, lines: Vec<Line>, marker: Option<f64>) -> Lines {
+/// A panel of lines over the epochs, with the kept epoch marked; a legend
+/// column `legend_width` wide where several lines are drawn.
+fn panel(
+    title: &str,
+    y_desc: &str,
+    lines: Vec<Line>,
+    kept_epoch: Option<f64>,
+    legend_width: u32,
+) -> Lines {
+    let named = lines.iter().filter(|l| l.legend).count();
     Lines {
         title: title.to_string(),
         x_desc: "epoch".to_string(),
         y_desc: y_desc.to_string(),
         lines,
-        marker,
+        marker: kept_epoch.map(|e| (e, "kept epoch".to_string())),
         reference: None,
         dots: false,
+        integer_x: true,
+        legend_width: if named > 1 { legend_width } else { 0 },
     }
+}
+
+/// Width of the legend column of the panels of the history figure.
+const PANEL_LEGEND: u32 = 140;
+
+/// Horizontal segments from `from` to `to` at each of `values`, listed once
+/// in the legend as `name`: final values drawn beside a history.
+fn final_values(name: &str, values: &[f64], from: f64, to: f64) -> Vec<Line> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| Line {
+            name: name.to_string(),
+            colour: super::BOUNDARY,
+            width: 3,
+            points: vec![(from, v), (to, v)],
+            legend: i == 0,
+        })
+        .collect()
 }
 
 fn draw_run(
@@ -172,13 +327,38 @@ fn draw_run(
     let run_dir = writer.root.join(&run.name);
     let history = read_history(&run_dir.join("history.json"))?;
     let saved = SavedModel::load(&run_dir.join("model.json"))?;
-    let kept = history.get(run.best_restart).map(Vec::as_slice).unwrap_or_default();
+    let Some(best_history) = history.get(run.best_restart).map(Vec::as_slice) else {
+        return Err(Error::input(
+            run_dir.join("history.json"),
+            format!(
+                "has {} starts but summary.json keeps start {}; rerun the pipeline",
+                history.len(),
+                run.best_restart
+            ),
+        ));
+    };
+    if saved.categories != run.categories {
+        return Err(Error::input(
+            run_dir.join("model.json"),
+            format!(
+                "has {} categories but the run has {}; rerun the pipeline",
+                saved.categories, run.categories
+            ),
+        ));
+    }
     let name = run.name.as_str();
     let mut plots = Vec::new();
     let label = format!("{} {}", summary.pipeline, run.name);
 
-    // The discriminants with the learnt cuts.
+    // The discriminants with the learnt cuts, one file each even where two
+    // column names map to the same file name.
+    let mut stems: Vec<String> = Vec::new();
     for (d, h) in histograms.discriminants.iter().enumerate() {
+        let mut stem = format!("discriminant_{}", safe_name(&h.column));
+        if stems.contains(&stem) {
+            stem = format!("{stem}_{d}");
+        }
+        stems.push(stem.clone());
         let boundaries = match (&run.boundaries, &run.grid_boundaries) {
             (_, Some(grid)) => grid.get(d).cloned().unwrap_or_default(),
             (Some(b), None) if histograms.discriminants.len() == 1 => b.clone(),
@@ -197,12 +377,16 @@ fn draw_run(
             log: summary.report.log_y,
             categories: false,
         };
-        plots.push(writer.write(
+        plots.extend(writer.write(
             &figure,
             name,
-            &format!("discriminant_{}", safe_name(&h.column)),
-            &format!("{} per process with the category boundaries", h.column),
-        )?);
+            &stem,
+            &if figure.boundaries.is_empty() {
+                format!("{} per process", h.column)
+            } else {
+                format!("{} per process with the category boundaries", h.column)
+            },
+        ));
     }
 
     // The categories as bins.
@@ -213,7 +397,12 @@ fn draw_run(
         .background_processes
         .iter()
         .enumerate()
-        .map(|(p, n)| (n.clone(), table.categories.iter().map(|r| r.background_by_process[p]).collect()))
+        .map(|(p, n)| {
+            (
+                n.clone(),
+                table.categories.iter().map(|r| r.background_by_process[p]).collect(),
+            )
+        })
         .collect();
     let signals: Vec<(String, Vec<f64>)> = table
         .signal_processes
@@ -228,7 +417,11 @@ fn draw_run(
         )
     });
     let figure = Stacked {
-        title: format!("{label}: yields per category"),
+        title: if run.sideband.is_some() {
+            format!("{label}: yields per category, signal in the mass window")
+        } else {
+            format!("{label}: yields per category")
+        },
         x_desc: "category".into(),
         y_desc: "yield".into(),
         edges,
@@ -240,60 +433,127 @@ fn draw_run(
         log: summary.report.log_y,
         categories: true,
     };
-    plots.push(writer.write(&figure, name, "categories", "Yields per category")?);
+    plots.extend(writer.write(&figure, name, "categories", "Yields per category"));
 
     // Training histories of the kept start.
     let marker = Some(run.kept_epoch as f64);
     let anneal = if run.model == "gmm" { "temperature" } else { "steepness" };
     let mut panels = vec![
-        panel("loss", "loss", vec![series("loss", BLACK_LINE, 2, over_epochs(kept, |r| r.loss))], marker),
+        panel(
+            "loss",
+            "loss",
+            vec![series("loss", BLACK_LINE, 2, over_epochs(best_history, |r| r.loss))],
+            marker,
+            PANEL_LEGEND,
+        ),
         panel(
             "significance",
             "Z",
             vec![
-                series("soft", signal_colour(0), 2, over_epochs(kept, |r| r.soft_z)),
-                series("hard", BLACK_LINE, 2, over_epochs(kept, |r| r.hard_z)),
+                series(
+                    "soft",
+                    signal_colour(0),
+                    2,
+                    over_epochs(best_history, |r| r.soft_z),
+                ),
+                series("hard", BLACK_LINE, 2, over_epochs(best_history, |r| r.hard_z)),
             ],
             marker,
+            PANEL_LEGEND,
         ),
-        panel(
-            "penalties",
-            "penalty",
-            vec![
-                series("low background", category_colour(0), 2, over_epochs(kept, |r| r.low_background_penalty)),
-                series("MC uncertainty", signal_colour(2), 2, over_epochs(kept, |r| r.mc_uncertainty_penalty)),
-            ],
-            marker,
-        ),
-        panel("learning rate", "learning rate", vec![series("learning rate", BLACK_LINE, 2, over_epochs(kept, |r| r.learning_rate))], marker),
-        panel(anneal, anneal, vec![series(anneal, BLACK_LINE, 2, over_epochs(kept, |r| r.anneal))], marker),
     ];
+    // Only the penalties the objective has.
+    let mut penalties = Vec::new();
+    if summary.penalties.low_background.is_some() {
+        let points = over_epochs(best_history, |r| r.low_background_penalty);
+        penalties.push(series("low background", category_colour(0), 2, points));
+    }
+    if summary.penalties.mc_uncertainty.is_some() {
+        let points = over_epochs(best_history, |r| r.mc_uncertainty_penalty);
+        penalties.push(series("MC uncertainty", signal_colour(2), 2, points));
+    }
+    if !penalties.is_empty() {
+        panels.push(panel("penalties", "penalty", penalties, marker, PANEL_LEGEND));
+    }
+    panels.push(panel(
+        "learning rate",
+        "learning rate",
+        vec![series(
+            "learning rate",
+            BLACK_LINE,
+            2,
+            over_epochs(best_history, |r| r.learning_rate),
+        )],
+        marker,
+        PANEL_LEGEND,
+    ));
+    panels.push(panel(
+        anneal,
+        anneal,
+        vec![series(anneal, BLACK_LINE, 2, over_epochs(best_history, |r| r.anneal))],
+        marker,
+        PANEL_LEGEND,
+    ));
     panels.push(bias_panel(&history, run.best_restart));
-    plots.push(writer.write(
+    plots.extend(writer.write(
         &Panels { panels, columns: 2 },
         name,
         "history",
-        &format!("Training history (start {}, kept epoch {})", run.best_restart, run.kept_epoch),
-    )?);
+        &format!(
+            "Training history (start {}, kept epoch {})",
+            run.best_restart, run.kept_epoch
+        ),
+    ));
     let mut bias = bias_panel(&history, run.best_restart);
     bias.title = format!("{label}: soft against hard significance");
-    plots.push(writer.write(&bias, name, "soft_hard_bias", "Soft against hard significance")?);
+    bias.legend_width = if history.len() > 1 { LEGEND_WIDTH } else { 0 };
+    plots.extend(writer.write(
+        &bias,
+        name,
+        "soft_hard_bias",
+        "Soft against hard significance",
+    ));
 
     // 1D cuts over the epochs.
-    if kept.iter().any(|r| r.boundaries.is_some()) {
-        let cuts = kept.iter().find_map(|r| r.boundaries.as_ref()).map_or(0, Vec::len);
+    if best_history.iter().any(|r| r.boundaries.is_some()) {
+        let cuts =
+            best_history.iter().find_map(|r| r.boundaries.as_ref()).map_or(0, Vec::len);
         let lines = (0..cuts)
             .map(|c| {
-                let points = kept
+                let points = best_history
                     .iter()
-                    .filter_map(|r| r.boundaries.as_ref().and_then(|b| b.get(c)).map(|&v| (r.epoch as f64, v)))
+                    .step_by(best_history.len().div_ceil(MAX_POINTS).max(1))
+                    .filter_map(|r| {
+                        r.boundaries
+                            .as_ref()
+                            .and_then(|b| b.get(c))
+                            .map(|&v| (r.epoch as f64, v))
+                    })
                     .collect();
                 series(&format!("boundary {c}"), category_colour(c), 2, points)
             })
-            .collect();
-        let mut figure = panel(&format!("{label}: boundaries"), &saved.discriminants[0], lines, marker);
+            .collect::<Vec<_>>();
+        let mut lines = lines;
+        if let (true, Some(last), Some(cuts)) =
+            (run.refined, best_history.last(), &run.boundaries)
+        {
+            let from = run.kept_epoch as f64;
+            lines.extend(final_values("after refinement", cuts, from, last.epoch as f64));
+        }
+        let mut figure = panel(
+            &format!("{label}: boundaries"),
+            &saved.discriminants[0],
+            lines,
+            marker,
+            LEGEND_WIDTH,
+        );
         figure.title = format!("{label}: boundaries over the epochs");
-        plots.push(writer.write(&figure, name, "boundaries_history", "Boundaries over the epochs")?);
+        plots.extend(writer.write(
+            &figure,
+            name,
+            "boundaries_history",
+            "Boundaries over the epochs",
+        ));
     }
 
     // Background yield against MC uncertainty.
@@ -302,12 +562,19 @@ fn draw_run(
         points: table
             .categories
             .iter()
-            .map(|r| (r.category, r.background, r.relative_mc_uncertainty.unwrap_or(f64::NAN)))
+            .map(|r| {
+                (r.category, r.background, r.relative_mc_uncertainty.unwrap_or(f64::NAN))
+            })
             .collect(),
         low_background: summary.penalties.low_background.as_ref().map(|p| p.threshold),
         mc_uncertainty: summary.penalties.mc_uncertainty.as_ref().map(|p| p.threshold),
     };
-    plots.push(writer.write(&figure, name, "yield_vs_uncertainty", "Background yield against relative MC uncertainty")?);
+    plots.extend(writer.write(
+        &figure,
+        name,
+        "yield_vs_uncertainty",
+        "Background yield against relative MC uncertainty",
+    ));
 
     // The plane of two discriminants.
     if saved.discriminants.len() == 2 {
@@ -320,24 +587,37 @@ fn draw_run(
         let mut ys = Vec::with_capacity(MAP_CELLS * MAP_CELLS);
         for j in 0..MAP_CELLS {
             for i in 0..MAP_CELLS {
-                let t = |c: usize, (lo, hi): (f64, f64)| lo + (hi - lo) * (c as f64 + 0.5) / MAP_CELLS as f64;
+                let t = |c: usize, (lo, hi): (f64, f64)| {
+                    lo + (hi - lo) * (c as f64 + 0.5) / MAP_CELLS as f64
+                };
                 xs.push(t(i, ranges[0]));
                 ys.push(t(j, ranges[1]));
             }
         }
         let cells = model.assign(&saved.parameters, &[xs, ys]);
-        let density = histograms.plane.as_ref().filter(|p| p.columns == [saved.discriminants[0].clone(), saved.discriminants[1].clone()]).map(|p| {
-            (p.background.clone(), p.signal.clone(), p.edges[0].len() - 1)
-        });
+        let density = histograms
+            .plane
+            .as_ref()
+            .filter(|p| {
+                p.columns
+                    == [saved.discriminants[0].clone(), saved.discriminants[1].clone()]
+            })
+            .map(|p| (p.background.clone(), p.signal.clone(), p.edges[0].len() - 1));
         let figure = CategoryMap {
             title: format!("{label}: categories on the plane"),
             columns: [saved.discriminants[0].clone(), saved.discriminants[1].clone()],
             ranges,
             cells,
             n: MAP_CELLS,
+            simplex: saved.simplex,
             density,
         };
-        plots.push(writer.write(&figure, name, "category_map", "Hard categories and event density on the plane")?);
+        plots.extend(writer.write(
+            &figure,
+            name,
+            "category_map",
+            "Hard categories and event density on the plane",
+        ));
     }
 
     // The sideband fits.
@@ -356,8 +636,15 @@ fn draw_run(
                     (0..=200)
                         .map(|i| {
                             let m = range.0 + (range.1 - range.0) * i as f64 / 200.0;
-                            let (a, b) = ((m - width / 2.0).max(range.0), (m + width / 2.0).min(range.1));
-                            (m, crate::sideband::fitted_yield(&fit, a, b, range) * width / (b - a))
+                            let (a, b) = (
+                                (m - width / 2.0).max(range.0),
+                                (m + width / 2.0).min(range.1),
+                            );
+                            (
+                                m,
+                                crate::sideband::fitted_yield(&fit, a, b, range) * width
+                                    / (b - a),
+                            )
                         })
                         .collect()
                 }),
@@ -365,33 +652,71 @@ fn draw_run(
             })
             .collect();
         let signal: f64 = sideband.categories.iter().flat_map(|c| &c.signal).sum();
-        let background: f64 = sideband.categories.iter().flat_map(|c| &c.background).sum();
-        let mass_column = histograms.mass.as_ref().map_or("mass".to_string(), |m| m.column.clone());
+        let background: f64 =
+            sideband.categories.iter().flat_map(|c| &c.background).sum();
+        let mass_column =
+            histograms.mass.as_ref().map_or("mass".to_string(), |m| m.column.clone());
         let figure = MassCategories {
             title: format!("{label}: background mass spectrum per category with its fit"),
             column: mass_column,
             edges: sideband.edges.clone(),
             window: (sideband.window[0], sideband.window[1]),
             categories,
-            signal_scale: summary.report.signal_scale.unwrap_or_else(|| auto_signal_scale(signal, background)),
+            signal_scale: summary
+                .report
+                .signal_scale
+                .unwrap_or_else(|| auto_signal_scale(signal, background)),
         };
-        plots.push(writer.write(&figure, name, "mass_categories", "Mass spectrum per category with the sideband fit")?);
+        plots.extend(writer.write(
+            &figure,
+            name,
+            "mass_categories",
+            "Mass spectrum per category with the sideband fit",
+        ));
     }
 
     // Background factors over the epochs.
-    if kept.iter().any(|r| r.background_factors.is_some()) {
+    if best_history.iter().any(|r| r.background_factors.is_some()) {
         let lines = (0..k)
             .map(|c| {
-                let points = kept
+                let points = best_history
                     .iter()
-                    .filter_map(|r| r.background_factors.as_ref().and_then(|f| f.get(c)).map(|&v| (r.epoch as f64, v)))
+                    .step_by(best_history.len().div_ceil(MAX_POINTS).max(1))
+                    .filter_map(|r| {
+                        r.background_factors
+                            .as_ref()
+                            .and_then(|f| f.get(c))
+                            .map(|&v| (r.epoch as f64, v))
+                    })
                     .collect();
                 series(&format!("category {c}"), category_colour(c), 2, points)
             })
-            .collect();
-        let mut figure = panel(&format!("{label}: background factors over the epochs"), "background factor", lines, marker);
-        figure.dots = false;
-        plots.push(writer.write(&figure, name, "background_factors", "Background reweighting factors over the epochs")?);
+            .collect::<Vec<_>>();
+        let mut lines = lines;
+        if let (Some(last), Some(factors)) =
+            (best_history.last(), &run.background_factors)
+        {
+            let from = run.kept_epoch as f64;
+            lines.extend(final_values(
+                "used in the table",
+                factors,
+                from,
+                last.epoch as f64,
+            ));
+        }
+        let figure = panel(
+            &format!("{label}: background factors over the epochs"),
+            "background factor",
+            lines,
+            marker,
+            LEGEND_WIDTH,
+        );
+        plots.extend(writer.write(
+            &figure,
+            name,
+            "background_factors",
+            "Background reweighting factors over the epochs",
+        ));
     }
     Ok(plots)
 }
@@ -407,11 +732,18 @@ fn bias_panel(history: &[Vec<EpochRecord>], best: usize) -> Lines {
             let points = over_epochs(records, |r| {
                 if r.hard_z > 0.0 { (r.soft_z - r.hard_z) / r.hard_z } else { f64::NAN }
             });
-            let (colour, width) = if s == best { (BLACK_LINE, 2) } else { (category_colour(s), 1) };
+            let (colour, width) =
+                if s == best { (BLACK_LINE, 2) } else { (category_colour(s), 1) };
             series(&format!("start {s}"), colour, width, points)
         })
         .collect();
-    let mut p = panel("soft − hard bias", "(soft Z − hard Z) / hard Z", lines, None);
+    let mut p = panel(
+        "soft − hard bias",
+        "(soft Z − hard Z) / hard Z",
+        lines,
+        None,
+        PANEL_LEGEND,
+    );
     p.reference = Some(0.0);
     p
 }
@@ -422,7 +754,9 @@ fn significance_figure(summary: &Summary) -> Lines {
         let mut points: Vec<(f64, f64)> = summary
             .runs
             .iter()
-            .filter_map(|r| value(r).filter(|v| v.is_finite()).map(|v| (r.categories as f64, v)))
+            .filter_map(|r| {
+                value(r).filter(|v| v.is_finite()).map(|v| (r.categories as f64, v))
+            })
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0));
         points
@@ -438,20 +772,25 @@ fn significance_figure(summary: &Summary) -> Lines {
     }
     let dp = ks(&|r| r.dp_optimum.as_ref().map(|d| d.optimum.z));
     if !dp.is_empty() {
-        lines.push(series("DP optimum", BLACK_LINE, 2, dp));
+        lines.push(series("best binned (DP)", BLACK_LINE, 2, dp));
     }
     Lines {
-        title: format!("{}: significance against the number of categories", summary.pipeline),
+        title: format!(
+            "{}: significance against the number of categories",
+            summary.pipeline
+        ),
         x_desc: "categories K".into(),
         y_desc: "Z".into(),
         lines,
         marker: None,
         reference: None,
         dots: true,
+        integer_x: true,
+        legend_width: LEGEND_WIDTH,
     }
 }
 
-/// A column name made safe for a file name.
+/// Replaces the characters of a column name that are unsafe in file names.
 fn safe_name(column: &str) -> String {
     column
         .chars()

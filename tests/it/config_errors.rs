@@ -852,7 +852,7 @@ fn error_report_settings() {
     let err = config_error(&format!("{BASE}report:\n  bins: 1\n"));
     assert_eq!(err, "p.yaml: report.bins: must be between 2 and 1000, got 1");
     let err = config_error(&format!("{BASE}report:\n  signal_scale: -10\n"));
-    assert_eq!(err, "p.yaml: report.signal_scale: must be a positive number, got -10");
+    assert_eq!(err, "p.yaml: report.signal_scale: must be between 1e-6 and 1e9, got -10");
     let err = config_error(&format!("{BASE}report:\n  logy: true\n"));
     assert!(err.contains("line 15 column 3: unknown field `logy`"), "{err}");
     let p = Pipeline::from_text(

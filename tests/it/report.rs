@@ -6,10 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gato::plot::{BOUNDARY, MARGIN, SIZE, Y_LABEL_AREA, background_colour, category_colour, hex};
+use gato::plot::{
+    BOUNDARY, LEGEND_WIDTH, MARGIN, SIZE, Y_LABEL_AREA, background_colour,
+    category_colour, hex,
+};
 use serde_json::Value;
 
-use crate::common::{float_column, gato_bin, read_parquet, string_column, toy_1d_processes};
+use crate::common::{
+    float_column, gato_bin, read_parquet, string_column, toy_1d_processes,
+};
 
 fn gato(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(gato_bin()).args(args).current_dir(dir).output().unwrap()
@@ -31,7 +36,7 @@ fn png_size(path: &Path) -> (u32, u32) {
     (info.width, info.height)
 }
 
-/// The `points` of every SVG polyline drawn with `stroke`.
+/// Returns the `points` of every SVG polyline drawn with `stroke`.
 fn polylines(svg: &str, stroke: &str) -> Vec<Vec<(f64, f64)>> {
     svg.split("<polyline")
         .skip(1)
@@ -88,8 +93,16 @@ fn one_d_plots_match_summary_and_recomputed_histograms() {
     let dir = tempfile::tempdir().unwrap();
     ok(&gato(
         &[
-            "generate", "toy-1d", "--out", "sample.parquet", "--seed", "3", "--signal",
-            "3000", "--background", "20000",
+            "generate",
+            "toy-1d",
+            "--out",
+            "sample.parquet",
+            "--seed",
+            "3",
+            "--signal",
+            "3000",
+            "--background",
+            "20000",
         ],
         dir.path(),
     ));
@@ -137,7 +150,8 @@ fn one_d_plots_match_summary_and_recomputed_histograms() {
         score.extend(float_column(&batch, "score"));
     }
     let histograms = read_json(&out.join("histograms.json"));
-    let names: Vec<String> = serde_json::from_value(histograms["processes"].clone()).unwrap();
+    let names: Vec<String> =
+        serde_json::from_value(histograms["processes"].clone()).unwrap();
     let sumw: Vec<Vec<f64>> =
         serde_json::from_value(histograms["discriminants"][0]["sumw"].clone()).unwrap();
     for (p, name) in names.iter().enumerate() {
@@ -163,12 +177,17 @@ fn one_d_plots_match_summary_and_recomputed_histograms() {
         // The boundaries drawn are the learnt ones: x pixel of each vertical
         // line against the chart's mapping of [0, 1].
         let svg = std::fs::read_to_string(plots.join("discriminant_score.svg")).unwrap();
-        let lines = polylines(&svg, &hex(BOUNDARY));
-        let boundaries: Vec<f64> = serde_json::from_value(run["boundaries"].clone()).unwrap();
+        // The legend's sample line is horizontal; the cuts are vertical.
+        let lines: Vec<Vec<(f64, f64)>> = polylines(&svg, &hex(BOUNDARY))
+            .into_iter()
+            .filter(|l| l[0].0 == l[l.len() - 1].0)
+            .collect();
+        let boundaries: Vec<f64> =
+            serde_json::from_value(run["boundaries"].clone()).unwrap();
         assert_eq!(lines.len(), boundaries.len(), "{name}");
         assert_eq!(boundaries.len(), r + 1);
         let left = (MARGIN + Y_LABEL_AREA) as f64;
-        let width = (SIZE.0 - 2 * MARGIN - Y_LABEL_AREA) as f64;
+        let width = (SIZE.0 - LEGEND_WIDTH - 2 * MARGIN - Y_LABEL_AREA) as f64;
         for (line, b) in lines.iter().zip(&boundaries) {
             assert_eq!(line.len(), 2);
             assert_eq!(line[0].0, line[1].0, "vertical");
@@ -196,10 +215,14 @@ fn one_d_plots_match_summary_and_recomputed_histograms() {
         }
 
         // One dot per category with a positive background.
-        let svg = std::fs::read_to_string(plots.join("yield_vs_uncertainty.svg")).unwrap();
+        let svg =
+            std::fs::read_to_string(plots.join("yield_vs_uncertainty.svg")).unwrap();
         let k = run["categories"].as_u64().unwrap() as usize;
         for c in 0..k {
-            assert_eq!(svg.matches(&format!("fill=\"{}\"", hex(category_colour(c)))).count(), 1);
+            assert_eq!(
+                svg.matches(&format!("fill=\"{}\"", hex(category_colour(c)))).count(),
+                1
+            );
         }
     }
 
@@ -257,6 +280,7 @@ fn check_in_chromium(html: &Path, images: usize) {
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(&url)
         .output();
+
     let out = match run {
         Ok(out) => out,
         Err(e) => {
@@ -273,6 +297,7 @@ fn check_in_chromium(html: &Path, images: usize) {
             return;
         }
     };
+
     let dom = String::from_utf8_lossy(&out.stdout);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "chromium failed: {log}");
@@ -311,7 +336,10 @@ fn two_d_map_shows_every_populated_category() {
     for stem in ["discriminant_score_signal1", "discriminant_score_signal2", "history"] {
         assert!(plots.join(stem).with_extension("svg").is_file(), "{stem}");
     }
-    assert!(!plots.join("boundaries_history.svg").exists(), "GMMs have no cuts to follow");
+    assert!(
+        !plots.join("boundaries_history.svg").exists(),
+        "GMMs have no cuts to follow"
+    );
     assert!(!plots.join("mass_categories.svg").exists());
 
     // A category holding at least 5 % of the events covers part of the
@@ -333,7 +361,9 @@ fn two_d_map_shows_every_populated_category() {
     let background: Vec<f64> =
         serde_json::from_value(histograms["plane"]["background"].clone()).unwrap();
     assert_eq!(background.len(), 2500);
-    let significance = std::fs::read_to_string(out.join("plots/significance_vs_categories.svg")).unwrap();
+    let significance =
+        std::fs::read_to_string(out.join("plots/significance_vs_categories.svg"))
+            .unwrap();
     assert!(significance.contains("argmax baseline"));
 }
 
@@ -352,4 +382,68 @@ fn report_errors_name_the_file_and_the_fix() {
     assert!(!out.status.success());
     assert!(stderr.contains("schema_version is 1, this gato reads 2"), "{stderr}");
     assert!(!dir.path().join("report.html").exists());
+}
+
+/// Runs the small 1D pipeline in a new directory and returns it.
+fn small_run() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&gato(
+        &[
+            "generate", "toy-1d", "--out", "sample.parquet", "--seed", "3", "--signal",
+            "2000", "--background", "8000",
+        ],
+        dir.path(),
+    ));
+    let text = one_d_pipeline().replace("epochs: 12", "epochs: 4");
+    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
+    ok(&gato(&["-q", "run", "pipeline.yaml"], dir.path()));
+    dir
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut value = read_json(path);
+    edit(&mut value);
+    std::fs::write(path, serde_json::to_string(&value).unwrap()).unwrap();
+}
+
+#[test]
+fn damaged_outputs_fail_without_panic() {
+    let dir = small_run();
+    let out = dir.path().join("out");
+    let report = |dir: &Path| {
+        let out = gato(&["report", "out"], dir);
+        assert_ne!(out.status.code(), Some(101), "panic: {}", String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+
+    // A run name that leaves the output directory is not drawn.
+    edit_json(&out.join("summary.json"), |s| s["runs"][1]["name"] = "../escaped".into());
+    let (success, stderr) = report(dir.path());
+    assert!(!success);
+    assert!(stderr.contains("run name `../escaped` is not a plain directory name"), "{stderr}");
+    assert!(!dir.path().join("escaped").exists());
+    assert!(out.join("sigmoid_k2/plots/history.png").is_file(), "the other run is drawn");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(!html.contains("escaped"));
+    edit_json(&out.join("summary.json"), |s| s["runs"][1]["name"] = "sigmoid_k3".into());
+
+    // An infinite loss makes the history unplottable; the rest is drawn.
+    edit_json(&out.join("sigmoid_k3/history.json"), |h| h[0][1]["loss"] = 1e308.into());
+    edit_json(&out.join("sigmoid_k3/history.json"), |h| h[0][2]["loss"] = (-1e308).into());
+    std::fs::remove_file(out.join("sigmoid_k3/plots/history.png")).unwrap();
+    let (success, stderr) = report(dir.path());
+    assert!(!success);
+    assert!(stderr.contains("sigmoid_k3/plots/history"), "{stderr}");
+    assert!(stderr.contains("cannot be drawn"), "{stderr}");
+    assert!(!out.join("sigmoid_k3/plots/history.png").exists());
+    assert!(out.join("sigmoid_k3/plots/categories.png").is_file());
+
+    // Histograms with missing bins are rejected before anything is drawn.
+    edit_json(&out.join("histograms.json"), |h| {
+        h["discriminants"][0]["sumw"][1] = serde_json::json!([1.0, 2.0]);
+    });
+    let (success, stderr) = report(dir.path());
+    assert!(!success);
+    assert!(stderr.contains("histograms.json"), "{stderr}");
+    assert!(stderr.contains("sumw must have 6 lists of 50 bins"), "{stderr}");
 }
