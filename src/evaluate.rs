@@ -120,14 +120,16 @@ pub fn evaluate(
         for i in range.clone() {
             let c = assign[i] as usize;
             let w = events.weight[i];
+            let w2 = events.weight2.as_ref().map_or(w * w, |w2| w2[i]);
+            let n = events.count.as_ref().map_or(1, |n| n[i] as usize);
             yields[p][c] += w;
-            counts[c] += 1;
+            counts[c] += n;
             if background {
                 match factors {
-                    Some(_) => process_sumw2[c] += w * w,
-                    None => sumw2[c] += w * w,
+                    Some(_) => process_sumw2[c] += w2,
+                    None => sumw2[c] += w2,
                 }
-                background_counts[c] += 1;
+                background_counts[c] += n;
             }
         }
         if let Some(f) = factors {

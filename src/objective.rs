@@ -46,7 +46,10 @@ impl<B: Backend> EventTensors<B> {
     pub fn new(events: &Events, pipeline: &Pipeline, device: &B::Device) -> Self {
         let n = events.len();
         let column = |v: &[f64]| tensor1::<B>(v, device).reshape([n, 1]);
-        let squared: Vec<f64> = events.weight.iter().map(|w| w * w).collect();
+        let squared: Vec<f64> = match &events.weight2 {
+            Some(w2) => w2.clone(),
+            None => events.weight.iter().map(|w| w * w).collect(),
+        };
         EventTensors {
             columns: events.discriminants.iter().map(|d| column(d)).collect(),
             weight: column(&events.weight),

@@ -109,16 +109,31 @@ async fn run_checked(
     std::fs::create_dir_all(&staging)
         .map_err(|e| Error::output(&staging, format!("cannot create directory: {e}")))?;
     histograms.write(&staging.join("histograms.json"))?;
+    // Binned statistics: epochs sum over filled cells instead of events.
+    let binned = pipeline.training.statistics_bins.map(|bins| {
+        let binned = events.binned(&pipeline.model.ranges, bins);
+        tracing::info!(
+            events = events.len(),
+            cells = binned.len(),
+            bins,
+            "binned the events for training"
+        );
+        binned
+    });
+    let train_events = binned.as_ref().unwrap_or(&events);
     let cpu_tensors;
     #[cfg(feature = "cuda")]
     let cuda_tensors;
     let engine = match device {
         DeviceChoice::Cpu => {
-            cpu_tensors =
-                EventTensors::<CpuBackend>::new(&events, pipeline, &Default::default());
+            cpu_tensors = EventTensors::<CpuBackend>::new(
+                train_events,
+                pipeline,
+                &Default::default(),
+            );
             Engine::Cpu(Trainer {
                 pipeline,
-                events: &events,
+                events: train_events,
                 tensors: &cpu_tensors,
                 device: Default::default(),
             })
@@ -126,11 +141,14 @@ async fn run_checked(
         #[cfg(feature = "cuda")]
         DeviceChoice::Cuda(index) => {
             let cuda = burn_cuda::CudaDevice::new(index);
-            cuda_tensors =
-                EventTensors::<crate::device::CudaBackend>::new(&events, pipeline, &cuda);
+            cuda_tensors = EventTensors::<crate::device::CudaBackend>::new(
+                train_events,
+                pipeline,
+                &cuda,
+            );
             Engine::Cuda(Trainer {
                 pipeline,
-                events: &events,
+                events: train_events,
                 tensors: &cuda_tensors,
                 device: cuda,
             })

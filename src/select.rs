@@ -43,6 +43,12 @@ pub struct Events {
     pub process_ranges: Vec<Range<usize>>,
     /// The `selection.mass` column, when the pipeline names one.
     pub mass: Option<Vec<f64>>,
+    /// Σw² of each entry where an entry stands for several events (binned
+    /// statistics); `None` means w² of each event.
+    pub weight2: Option<Vec<f64>>,
+    /// Number of events of each entry where an entry stands for several
+    /// events; `None` means one each.
+    pub count: Option<Vec<u32>>,
 }
 
 impl Events {
@@ -54,6 +60,81 @@ impl Events {
     /// Returns whether there are no events.
     pub fn is_empty(&self) -> bool {
         self.weight.is_empty()
+    }
+
+    /// Compresses the events into `bins` equal bins per discriminant on
+    /// `ranges`, per process: one entry per filled cell, with the cell's Σw,
+    /// Σw² and event count, placed at the mean position of its events.
+    ///
+    /// Values outside a range count in its first or last bin. Entries keep
+    /// the process order and, within a process, the cell order, so the
+    /// result depends only on the events. The entries carry no input, row
+    /// or mass.
+    pub fn binned(&self, ranges: &[(f64, f64)], bins: usize) -> Events {
+        let dims = self.discriminants.len();
+        let cells = bins.pow(dims as u32);
+        let mut out = Events {
+            discriminants: vec![Vec::new(); dims],
+            weight: Vec::new(),
+            process: Vec::new(),
+            input: Vec::new(),
+            row: Vec::new(),
+            process_ranges: Vec::with_capacity(self.process_ranges.len()),
+            mass: None,
+            weight2: Some(Vec::new()),
+            count: Some(Vec::new()),
+        };
+        // Per cell: Σw, Σw², count and the sum of each coordinate.
+        let mut sumw = vec![0.0f64; cells];
+        let mut sumw2 = vec![0.0f64; cells];
+        let mut count = vec![0u32; cells];
+        let mut position = vec![0.0f64; cells * dims];
+        for (p, range) in self.process_ranges.iter().enumerate() {
+            sumw.fill(0.0);
+            sumw2.fill(0.0);
+            count.fill(0);
+            position.fill(0.0);
+            for i in range.clone() {
+                let mut cell = 0;
+                for d in (0..dims).rev() {
+                    let (lo, hi) = ranges[d];
+                    let t = ((self.discriminants[d][i] - lo) / (hi - lo) * bins as f64)
+                        .floor();
+                    let bin = if t.is_nan() || t < 0.0 {
+                        0
+                    } else {
+                        (t as usize).min(bins - 1)
+                    };
+                    cell = cell * bins + bin;
+                }
+                let w = self.weight[i];
+                sumw[cell] += w;
+                sumw2[cell] += self.weight2.as_ref().map_or(w * w, |w2| w2[i]);
+                count[cell] += self.count.as_ref().map_or(1, |n| n[i]);
+                for d in 0..dims {
+                    position[cell * dims + d] += self.discriminants[d][i];
+                }
+            }
+            let start = out.weight.len();
+            for cell in (0..cells).filter(|&c| count[c] > 0) {
+                for d in 0..dims {
+                    out.discriminants[d]
+                        .push(position[cell * dims + d] / count[cell] as f64);
+                }
+                out.weight.push(sumw[cell]);
+                if let Some(w2) = out.weight2.as_mut() {
+                    w2.push(sumw2[cell]);
+                }
+                if let Some(n) = out.count.as_mut() {
+                    n.push(count[cell]);
+                }
+                out.process.push(p as u32);
+                out.input.push(0);
+                out.row.push(0);
+            }
+            out.process_ranges.push(start..out.weight.len());
+        }
+        out
     }
 
     /// Sum of weights of each process, in float64.
@@ -286,6 +367,8 @@ impl RawEvents {
             row: order.iter().map(|&i| self.row[i]).collect(),
             process_ranges: Vec::with_capacity(n_processes),
             mass: self.mass.as_ref().map(|m| order.iter().map(|&i| m[i]).collect()),
+            weight2: None,
+            count: None,
         };
         let mut start = 0;
         for p in 0..n_processes {

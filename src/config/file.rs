@@ -683,6 +683,27 @@ pub struct TrainingFile {
     /// events that maximises the exact hard significance.
     #[serde(default = "yes")]
     pub refine: bool,
+    /// What an epoch sums over: every event, or fine bins of the
+    /// discriminants per process.
+    #[serde(default)]
+    pub statistics: Statistics,
+    /// Bins per discriminant of binned statistics; by default 4000, 300 or
+    /// 60 for one, two or three discriminants.
+    #[serde(default)]
+    pub statistics_bins: Option<usize>,
+}
+
+/// What each training epoch sums over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Statistics {
+    /// Every selected event.
+    #[default]
+    Events,
+    /// Σw and Σw² per process in fine bins of the discriminants, built in one
+    /// pass; an epoch then costs O(bins), and the final evaluation stays on
+    /// the events.
+    Binned,
 }
 
 impl Default for TrainingFile {
@@ -692,6 +713,8 @@ impl Default for TrainingFile {
             restarts: default_restarts(),
             checkpoint: Checkpoint::default(),
             refine: true,
+            statistics: Statistics::default(),
+            statistics_bins: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use serde_saphyr::{Location, Spanned};
 
 pub use file::{
     Checkpoint, CombineRule, GeneratorKind, GmmInit, MeanMapping, ModelKind,
-    NonFinitePolicy, OptimizerKind, ReportFile, Role, SignificanceKind,
+    NonFinitePolicy, OptimizerKind, ReportFile, Role, SignificanceKind, Statistics,
 };
 pub use schedule::Schedule;
 
@@ -33,6 +33,9 @@ pub const MAX_RESTARTS: usize = 1000;
 pub const MAX_CATEGORIES: usize = 1000;
 /// Largest DP histogram; the DP costs O(K·bins²) time.
 pub const MAX_DP_BINS: usize = 20_000;
+/// Most cells of binned statistics (bins per discriminant to the power of
+/// the number of discriminants).
+pub const MAX_STATISTICS_CELLS: usize = 1_000_000;
 /// Largest `report.bins`.
 pub const MAX_REPORT_BINS: usize = 1000;
 
@@ -335,6 +338,10 @@ impl Pipeline {
         let output = PathBuf::from(
             file.output.clone().unwrap_or_else(|| format!("runs/{}", file.name)),
         );
+        let training = file::TrainingFile {
+            statistics_bins: statistics_bins(&file, &selection, &plain)?,
+            ..file.training.clone()
+        };
         let device = match &file.device {
             None => crate::device::DeviceChoice::Cpu,
             Some(d) => d.parse().map_err(|e: String| plain("device", e))?,
@@ -350,7 +357,7 @@ impl Pipeline {
             model,
             objective,
             optimizer: OptimizerSpec { kind: file.optimizer.kind, learning_rate },
-            training: file.training.clone(),
+            training,
             evaluation: file.evaluation.clone(),
             output,
             device,
@@ -1211,4 +1218,57 @@ fn schedule_check(
         ));
     }
     Ok(Schedule::new(s.schedule, s.initial, final_value))
+}
+
+/// Checks `training.statistics` and returns the bins per discriminant of
+/// binned statistics (`None` for statistics over events).
+fn statistics_bins(
+    file: &PipelineFile,
+    selection: &Selection,
+    plain: &PlainFn,
+) -> Result<Option<usize>> {
+    let t = &file.training;
+    if t.statistics == Statistics::Events {
+        if t.statistics_bins.is_some() {
+            return Err(plain(
+                "training.statistics_bins",
+                "applies only with `statistics: binned`".to_string(),
+            ));
+        }
+        return Ok(None);
+    }
+    let dims = selection.discriminants.len();
+    if dims > 3 {
+        return Err(plain(
+            "training.statistics",
+            format!(
+                "binned statistics support one to three discriminants, got {dims}; use \
+                 `statistics: events`"
+            ),
+        ));
+    }
+    if file.objective.sideband_fit.is_some() {
+        return Err(plain(
+            "training.statistics",
+            "binned statistics drop each event's mass, which `objective.sideband_fit` \
+             refits from; use `statistics: events`"
+                .to_string(),
+        ));
+    }
+    let bins = t.statistics_bins.unwrap_or(match dims {
+        1 => 4000,
+        2 => 300,
+        _ => 60,
+    });
+    let cells = (bins as f64).powi(dims as i32);
+    if bins < 2 || cells > MAX_STATISTICS_CELLS as f64 {
+        return Err(plain(
+            "training.statistics_bins",
+            format!(
+                "must be at least 2 with at most {MAX_STATISTICS_CELLS} cells in all \
+                 ({dims} discriminants), got {bins}"
+            ),
+        ));
+    }
+    Ok(Some(bins))
 }

@@ -203,3 +203,18 @@ fn bumphunt_full_beats_argmax() {
     let factors = run.background_factors.as_ref().unwrap();
     assert_eq!(factors.len(), 5);
 }
+
+#[test]
+fn sideband_fit_rejects_binned_statistics() {
+    let text = pipeline_text()
+        .replace(
+            "    files: [sample.parquet]\n    process_column: process\n",
+            "    generator: { kind: resonance, signal: 100, background: 1000 }\n",
+        )
+        .replace("  epochs: 8\n", "  epochs: 8\n  statistics: binned\n");
+    let err = gato::config::Pipeline::from_text(&text, "p.yaml").unwrap_err().to_string();
+    assert!(
+        err.contains("training.statistics: binned statistics drop each event's mass"),
+        "{err}"
+    );
+}

@@ -865,3 +865,27 @@ fn error_report_settings() {
         gato::config::ReportFile { log_y: false, signal_scale: Some(50.0), bins: 20 }
     );
 }
+
+#[test]
+fn error_binned_statistics_settings() {
+    let err = config_error(&format!("{BASE}training:\n  statistics_bins: 100\n"));
+    assert_eq!(
+        err,
+        "p.yaml: training.statistics_bins: applies only with `statistics: binned`"
+    );
+    let err = config_error(&format!(
+        "{BASE}training:\n  statistics: binned\n  statistics_bins: 1000001\n"
+    ));
+    assert_eq!(
+        err,
+        "p.yaml: training.statistics_bins: must be at least 2 with at most 1000000 cells in all (1 discriminants), got 1000001"
+    );
+    let err = config_error(&format!("{BASE}training:\n  statistics: histogram\n"));
+    assert!(err.contains("unknown variant `histogram`"), "{err}");
+    let p = Pipeline::from_text(
+        &format!("{BASE}training:\n  statistics: binned\n"),
+        "p.yaml",
+    )
+    .unwrap();
+    assert_eq!(p.training.statistics_bins, Some(4000));
+}

@@ -12,4 +12,5 @@ mod parity;
 mod properties;
 mod reference;
 mod report;
+mod statistics;
 mod toy;

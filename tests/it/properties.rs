@@ -91,6 +91,8 @@ fn one_event_per_bin(bins: &[(f64, f64)]) -> Events {
         row: (0..2 * n as u64).collect(),
         process_ranges: vec![0..n, n..2 * n],
         mass: None,
+        weight2: None,
+        count: None,
     }
 }
 

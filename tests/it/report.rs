@@ -389,8 +389,16 @@ fn small_run() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     ok(&gato(
         &[
-            "generate", "toy-1d", "--out", "sample.parquet", "--seed", "3", "--signal",
-            "2000", "--background", "8000",
+            "generate",
+            "toy-1d",
+            "--out",
+            "sample.parquet",
+            "--seed",
+            "3",
+            "--signal",
+            "2000",
+            "--background",
+            "8000",
         ],
         dir.path(),
     ));
@@ -412,7 +420,12 @@ fn damaged_outputs_fail_without_panic() {
     let out = dir.path().join("out");
     let report = |dir: &Path| {
         let out = gato(&["report", "out"], dir);
-        assert_ne!(out.status.code(), Some(101), "panic: {}", String::from_utf8_lossy(&out.stderr));
+        assert_ne!(
+            out.status.code(),
+            Some(101),
+            "panic: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
     };
 
@@ -420,7 +433,10 @@ fn damaged_outputs_fail_without_panic() {
     edit_json(&out.join("summary.json"), |s| s["runs"][1]["name"] = "../escaped".into());
     let (success, stderr) = report(dir.path());
     assert!(!success);
-    assert!(stderr.contains("run name `../escaped` is not a plain directory name"), "{stderr}");
+    assert!(
+        stderr.contains("run name `../escaped` is not a plain directory name"),
+        "{stderr}"
+    );
     assert!(!dir.path().join("escaped").exists());
     assert!(out.join("sigmoid_k2/plots/history.png").is_file(), "the other run is drawn");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
@@ -429,7 +445,9 @@ fn damaged_outputs_fail_without_panic() {
 
     // An infinite loss makes the history unplottable; the rest is drawn.
     edit_json(&out.join("sigmoid_k3/history.json"), |h| h[0][1]["loss"] = 1e308.into());
-    edit_json(&out.join("sigmoid_k3/history.json"), |h| h[0][2]["loss"] = (-1e308).into());
+    edit_json(&out.join("sigmoid_k3/history.json"), |h| {
+        h[0][2]["loss"] = (-1e308).into()
+    });
     std::fs::remove_file(out.join("sigmoid_k3/plots/history.png")).unwrap();
     let (success, stderr) = report(dir.path());
     assert!(!success);

@@ -1,0 +1,129 @@
+//! Binned statistics: the cells keep every process's Σw, Σw² and event
+//! count, tables of cuts on bin edges equal those of the events, and
+//! training on cells ends at the same hard significance as training on
+//! events.
+
+use std::path::Path;
+use std::process::Command;
+
+use gato::evaluate::evaluate;
+use serde_json::Value;
+
+use crate::common::{gato_bin, pipeline, select_events, toy_1d_processes};
+
+fn one_d(statistics: &str) -> String {
+    format!(
+        "name: s\nseed: 9\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 20000, \
+         background: 60000 }}\n{}selection:\n  sql: SELECT score, weight FROM events\n  \
+         discriminants: [score]\n  weight: weight\nmodel:\n  kind: sigmoid\n  \
+         categories: [3, 5]\nobjective:\n  penalties:\n    low_background: {{ threshold: 5, \
+         weight: 1 }}\ntraining:\n  epochs: 60\n{statistics}output: out\n",
+        toy_1d_processes("toy")
+    )
+}
+
+#[test]
+fn binned_cells_keep_process_sums() {
+    let p = pipeline(&one_d(""));
+    let (_, events) = select_events(&p);
+    let binned = events.binned(&p.model.ranges, 100);
+    assert!(binned.len() <= 6 * 100);
+    let w2 = binned.weight2.as_ref().unwrap();
+    let n = binned.count.as_ref().unwrap();
+    for (range, cells) in events.process_ranges.iter().zip(&binned.process_ranges) {
+        let sumw: f64 = events.weight[range.clone()].iter().sum();
+        let sumw2: f64 = events.weight[range.clone()].iter().map(|w| w * w).sum();
+        let got: f64 = binned.weight[cells.clone()].iter().sum();
+        let got2: f64 = w2[cells.clone()].iter().sum();
+        let count: u32 = n[cells.clone()].iter().sum();
+        assert!((got - sumw).abs() <= 1e-9 * sumw.abs(), "{got} vs {sumw}");
+        assert!((got2 - sumw2).abs() <= 1e-9 * sumw2, "{got2} vs {sumw2}");
+        assert_eq!(count as usize, range.len());
+    }
+
+    // Cuts on bin edges: every cell falls on one side, so the table is the
+    // events' table.
+    let cuts = [0.3, 0.7, 0.95];
+    let category = |x: f64| cuts.iter().filter(|&&c| x >= c).count() as u32;
+    let on_events: Vec<u32> =
+        events.discriminants[0].iter().map(|&x| category(x)).collect();
+    let on_cells: Vec<u32> =
+        binned.discriminants[0].iter().map(|&x| category(x)).collect();
+    let exact = evaluate(&p, &events, &on_events, 4, None, None);
+    let from_cells = evaluate(&p, &binned, &on_cells, 4, None, None);
+    for (a, b) in exact.categories.iter().zip(&from_cells.categories) {
+        assert_eq!(a.events, b.events);
+        assert_eq!(a.background_events, b.background_events);
+        assert!((a.background - b.background).abs() <= 1e-9 * a.background);
+        assert!(
+            (a.background_sumw2 - b.background_sumw2).abs() <= 1e-9 * a.background_sumw2
+        );
+        assert!((a.signal[0] - b.signal[0]).abs() <= 1e-9 * a.signal[0]);
+    }
+    assert!((exact.z - from_cells.z).abs() <= 1e-9 * exact.z);
+}
+
+fn run(text: &str, dir: &Path) -> Value {
+    std::fs::write(dir.join("pipeline.yaml"), text).unwrap();
+    let out = Command::new(gato_bin())
+        .args(["-q", "run", "pipeline.yaml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap())
+        .unwrap()
+}
+
+/// Final hard Z per run of a pipeline trained on events and on cells.
+fn agree_within(events_text: &str, binned_text: &str, tolerance: f64) {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let on_events = run(events_text, a.path());
+    let on_cells = run(binned_text, b.path());
+    for (x, y) in on_events["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(on_cells["runs"].as_array().unwrap())
+    {
+        let (zx, zy) =
+            (x["table"]["z"].as_f64().unwrap(), y["table"]["z"].as_f64().unwrap());
+        println!("{}: events {zx:.5}, cells {zy:.5}", x["name"]);
+        assert!((zx - zy).abs() <= tolerance * zx, "{}: {zx} vs {zy}", x["name"]);
+    }
+}
+
+#[test]
+fn binned_training_matches_events_1d() {
+    agree_within(
+        &one_d(""),
+        &one_d("  statistics: binned\n  statistics_bins: 1000\n"),
+        1e-3,
+    );
+}
+
+#[test]
+fn binned_training_matches_events_three_class() {
+    let text = |statistics: &str| {
+        format!(
+            "name: t\nseed: 5\nsources:\n  toy:\n    generator:\n      kind: three-class\n      \
+             signal: 20000\n      background: 100000\nprocesses:\n  \
+             - {{ name: signal1, role: signal, source: toy }}\n  \
+             - {{ name: signal2, role: signal, source: toy }}\n  \
+             - {{ name: bkg1, role: background, source: toy }}\n  \
+             - {{ name: bkg2, role: background, source: toy }}\n  \
+             - {{ name: bkg3, role: background, source: toy }}\n  \
+             - {{ name: bkg4, role: background, source: toy }}\n  \
+             - {{ name: bkg5, role: background, source: toy }}\n\
+             selection:\n  sql: SELECT score_signal1, score_signal2, weight FROM events\n  \
+             discriminants: [score_signal1, score_signal2]\n  weight: weight\n\
+             model:\n  kind: gmm\n  categories: [4]\n  means: simplex\n  init: random\n\
+             objective:\n  combine: geometric\ntraining:\n  epochs: 30\n{statistics}output: out\n"
+        )
+    };
+    agree_within(
+        &text(""),
+        &text("  statistics: binned\n  statistics_bins: 200\n"),
+        1e-3,
+    );
+}
