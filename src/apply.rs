@@ -59,19 +59,19 @@ pub fn apply(
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::output(dir, format!("cannot create directory: {e}")))?;
     let names = output_names(sources);
-    let mut written = Vec::new();
-    for (index, name) in names.iter().enumerate() {
-        // Category per row of this input, -1 for rows the selection rejected.
-        let mut categories: Vec<i32> = Vec::new();
-        for e in 0..events.len() {
-            if events.input[e] as usize == index {
-                let row = events.row[e] as usize;
-                if categories.len() <= row {
-                    categories.resize(row + 1, -1);
-                }
-                categories[row] = assign[e] as i32;
-            }
+    // Category per row of each input, -1 for rows the selection rejected,
+    // filled in one pass over the events.
+    let mut per_input: Vec<Vec<i32>> = vec![Vec::new(); names.len()];
+    for e in 0..events.len() {
+        let categories = &mut per_input[events.input[e] as usize];
+        let row = events.row[e] as usize;
+        if categories.len() <= row {
+            categories.resize(row + 1, -1);
         }
+        categories[row] = assign[e] as i32;
+    }
+    let mut written = Vec::new();
+    for (index, (name, categories)) in names.iter().zip(per_input).enumerate() {
         let path = dir.join(name);
         if let InputKind::File(input) = &sources.input(index).kind {
             let same = path

@@ -24,7 +24,7 @@ use crate::report::{
     RunSummary, SidebandSummary, Summary, Timings, format_comparison, format_run,
     write_history,
 };
-use crate::select::{Events, select};
+use crate::select::Events;
 use crate::source::Sources;
 
 /// The CPU training backend: burn-ndarray in float64 with autodiff.
@@ -80,7 +80,12 @@ async fn run_checked(
     crate::device::check(device)?;
 
     let sources = Sources::open(pipeline)?;
-    let mut events = select(pipeline, &sources).await?;
+    let reading = spinner(
+        options.progress,
+        "selecting events: {human_pos} events ({per_sec}, {elapsed})",
+    );
+    let mut events =
+        crate::select::select_with_progress(pipeline, &sources, &reading).await?;
     // The plots show every selected event, signal outside the window too.
     let histograms = crate::plot::Histograms::new(pipeline, &events);
     count_signal_in_window(pipeline, &mut events);
@@ -232,9 +237,15 @@ async fn run_checked(
 
         let apply_started = Instant::now();
         let assign = model.assign(&outcome.params, &events.discriminants);
+        let writing = spinner(
+            options.progress,
+            &format!("{}: writing the categorised inputs ({{elapsed}})", run.name),
+        );
         let written = tokio::task::block_in_place(|| {
             crate::apply::apply(&sources, &events, &assign, &run_dir)
-        })?;
+        });
+        writing.finish_and_clear();
+        let written = written?;
         run.outputs = written
             .iter()
             .enumerate()
@@ -843,6 +854,19 @@ fn check_output(pipeline: &Pipeline, output: &Path, overwrite: bool) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// Starts a spinner with `template` on the terminal, or returns a hidden bar.
+fn spinner(enabled: bool, template: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template(&format!("{{spinner}} {template}")) {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
 }
 
 fn progress_bar(enabled: bool, epochs: usize, label: &str) -> ProgressBar {

@@ -151,6 +151,15 @@ pub async fn check(pipeline: &Pipeline, sources: &Sources) -> Result<()> {
 
 /// Runs the selection and collects the events.
 pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
+    select_with_progress(pipeline, sources, &indicatif::ProgressBar::hidden()).await
+}
+
+/// [`select`], counting the selected events on `progress` as they arrive.
+pub async fn select_with_progress(
+    pipeline: &Pipeline,
+    sources: &Sources,
+    progress: &indicatif::ProgressBar,
+) -> Result<Events> {
     let (state, plan) = plan(pipeline, sources).await?;
     let mut stream = DataFrame::new(state, plan)
         .execute_stream()
@@ -163,7 +172,9 @@ pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(unwrap_input_error)?;
         raw.push(pipeline, &batch)?;
+        progress.inc(batch.num_rows() as u64);
     }
+    progress.finish_and_clear();
     sources.warn_unmatched();
     raw.finish(pipeline)
 }

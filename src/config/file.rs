@@ -683,7 +683,7 @@ pub struct TrainingFile {
     /// events that maximises the exact hard significance.
     #[serde(default = "yes")]
     pub refine: bool,
-    /// What an epoch sums over: every event, or fine bins of the
+    /// Sums of each epoch: over every event, or over fine bins of the
     /// discriminants per process.
     #[serde(default)]
     pub statistics: Statistics,
@@ -693,7 +693,7 @@ pub struct TrainingFile {
     pub statistics_bins: Option<usize>,
 }
 
-/// What each training epoch sums over.
+/// Statistics that each training epoch sums over.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Statistics {
@@ -701,8 +701,8 @@ pub enum Statistics {
     #[default]
     Events,
     /// Σw and Σw² per process in fine bins of the discriminants, built in one
-    /// pass; an epoch then costs O(bins), and the final evaluation stays on
-    /// the events.
+    /// pass. An epoch then costs O(bins), while the final evaluation stays
+    /// on the events.
     Binned,
 }
 

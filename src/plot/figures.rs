@@ -349,7 +349,8 @@ impl Figure for Stacked {
                 )
             });
             chart.draw_series(rects)?;
-            // Bins with a negative yield cannot be stacked, so say they are left out.
+            // Bins with a negative yield cannot be stacked, so the legend
+            // notes that they are left out.
             let label = if yields.iter().any(|&v| v < 0.0) {
                 format!("{name} (negative bins left out)")
             } else {
@@ -387,7 +388,7 @@ impl Figure for Stacked {
     }
 }
 
-/// How a legend entry is marked.
+/// Symbol of a legend entry.
 enum Mark {
     Fill(RGBColor),
     Line(ShapeStyle),

@@ -151,21 +151,21 @@ pub fn draw_report(dir: &Path) -> Result<ReportFiles> {
     }
 
     let mut runs = Vec::new();
-    let mut shown = Vec::new();
+    let mut drawn_runs = Vec::new();
     for run in &summary.runs {
         match check_run(run)
             .and_then(|()| draw_run(&mut writer, &summary, &histograms, run, scale))
         {
             Ok(plots) => {
                 runs.push(RunPlots { name: run.name.clone(), plots });
-                shown.push(run.clone());
+                drawn_runs.push(run.clone());
             }
             Err(e) => writer.failures.push(format!("run `{}`: {e}", run.name)),
         }
     }
-    remove_stale_plots(dir, &shown, &writer.files);
+    remove_stale_plots(dir, &drawn_runs, &writer.files);
     let html_path = dir.join("report.html");
-    let shown_summary = Summary { runs: shown, ..summary };
+    let shown_summary = Summary { runs: drawn_runs, ..summary };
     let page = super::html::page(&shown_summary, &overview, &runs);
     crate::atomic::write(&html_path, page.as_bytes())?;
     Ok(ReportFiles { html: html_path, plots: writer.files, failures: writer.failures })
@@ -275,8 +275,8 @@ fn over_epochs(
     history.iter().step_by(stride).map(|r| (r.epoch as f64, value(r))).collect()
 }
 
-/// A panel of lines over the epochs, with the kept epoch marked; a legend
-/// column `legend_width` wide where several lines are drawn.
+/// Builds a panel of lines over the epochs with the kept epoch marked, and
+/// a legend column `legend_width` wide where several lines are drawn.
 fn panel(
     title: &str,
     y_desc: &str,
