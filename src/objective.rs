@@ -64,6 +64,40 @@ impl<B: Backend> EventTensors<B> {
     }
 }
 
+impl<B: Backend> EventTensors<B> {
+    /// The events in `rows`, with the process ranges cut to them and
+    /// shifted to start at 0.
+    pub fn chunk(&self, rows: Range<usize>) -> EventTensors<B> {
+        let slice = |t: &Tensor<B, 2>| t.clone().slice([rows.clone(), 0..1]);
+        EventTensors {
+            columns: self.columns.iter().map(slice).collect(),
+            weight: slice(&self.weight),
+            weight2: slice(&self.weight2),
+            ranges: self
+                .ranges
+                .iter()
+                .map(|r| {
+                    let start = r.start.clamp(rows.start, rows.end);
+                    let end = r.end.clamp(rows.start, rows.end);
+                    start - rows.start..end - rows.start
+                })
+                .collect(),
+            roles: self.roles.clone(),
+            scaled: self.scaled.clone(),
+        }
+    }
+
+    /// Number of events.
+    pub fn len(&self) -> usize {
+        self.weight.dims()[0]
+    }
+
+    /// Returns whether there are no events.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The loss and its parts, each of shape [1].
 #[derive(Debug, Clone)]
 pub struct LossParts<B: Backend> {
@@ -75,6 +109,17 @@ pub struct LossParts<B: Backend> {
     pub low_background: Tensor<B, 1>,
     /// MC-uncertainty penalty, λ included.
     pub mc_uncertainty: Tensor<B, 1>,
+}
+
+/// Soft yields per category, each of shape [K].
+#[derive(Debug, Clone)]
+pub struct SoftYields<B: Backend> {
+    /// Yield of each signal process.
+    pub signals: Vec<Tensor<B, 1>>,
+    /// Total background yield.
+    pub background: Tensor<B, 1>,
+    /// Total background Σw².
+    pub background2: Tensor<B, 1>,
 }
 
 /// Computes the loss from soft memberships.
@@ -98,11 +143,28 @@ impl Objective {
         events: &EventTensors<B>,
         factors: Option<&[f64]>,
     ) -> LossParts<B> {
+        self.from_yields(Self::yields(m, events, factors))
+    }
+
+    /// Soft yields of membership `m` [N, K] of `events`: per signal, and of
+    /// the background with its Σw², each [K]. `factors` scale the
+    /// reweighted background processes as in [`Objective::compute`].
+    ///
+    /// Yields add up over disjoint sets of events, so the yields of all
+    /// events are the sum of the yields of chunks of them.
+    pub fn yields<B: Backend>(
+        m: Tensor<B, 2>,
+        events: &EventTensors<B>,
+        factors: Option<&[f64]>,
+    ) -> SoftYields<B> {
         let k = m.dims()[1];
         let device = m.device();
         let weighted = m.clone() * events.weight.clone();
         let weighted2 = m * events.weight2.clone();
         let sum_rows = |t: &Tensor<B, 2>, r: &Range<usize>| -> Tensor<B, 1> {
+            if r.is_empty() {
+                return Tensor::<B, 1>::zeros([k], &device);
+            }
             t.clone().slice([r.clone(), 0..k]).sum_dim(0).reshape([k])
         };
         let mut signals = Vec::new();
@@ -127,7 +189,13 @@ impl Objective {
                 }
             }
         }
+        SoftYields { signals, background, background2 }
+    }
 
+    /// Loss and parts from soft yields.
+    pub fn from_yields<B: Backend>(&self, yields: SoftYields<B>) -> LossParts<B> {
+        let SoftYields { signals, background, background2 } = yields;
+        let device = background.device();
         let mut totals: Vec<Tensor<B, 1>> = Vec::with_capacity(signals.len());
         for (i, s) in signals.iter().enumerate() {
             let mut b = background.clone();

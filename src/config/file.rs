@@ -691,6 +691,10 @@ pub struct TrainingFile {
     /// 60 for one, two or three discriminants.
     #[serde(default)]
     pub statistics_bins: Option<usize>,
+    /// Events per chunk of the two-pass gradient; by default all events
+    /// in one pass.
+    #[serde(default)]
+    pub chunk_events: Option<usize>,
 }
 
 /// Statistics that each training epoch sums over.
@@ -715,6 +719,7 @@ impl Default for TrainingFile {
             refine: true,
             statistics: Statistics::default(),
             statistics_bins: None,
+            chunk_events: None,
         }
     }
 }

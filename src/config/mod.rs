@@ -287,6 +287,12 @@ impl Pipeline {
         in_range("evaluation.dp_bins", file.evaluation.dp_bins, largest_k, MAX_DP_BINS)
             .map_err(|e| Error::Config(format!("{e} (it must be at least the largest K)")))?;
         in_range("report.bins", file.report.bins, 2, MAX_REPORT_BINS)?;
+        if file.training.chunk_events == Some(0) {
+            return Err(plain(
+                "training.chunk_events",
+                "must be at least 1, got 0".into(),
+            ));
+        }
         if let Some(scale) = file.report.signal_scale
             && !(1e-6..=1e9).contains(&scale)
         {

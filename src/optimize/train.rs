@@ -9,7 +9,7 @@ use crate::config::{Checkpoint, ModelKind, Pipeline};
 use crate::error::{Error, Result};
 use crate::evaluate::evaluate;
 use crate::model::{CategoryModel, Params, tensor1, to_host};
-use crate::objective::{EventTensors, Objective};
+use crate::objective::{EventTensors, Objective, SoftYields};
 use crate::select::Events;
 
 /// Record of one epoch.
@@ -88,7 +88,159 @@ pub struct Trainer<'a, B: AutodiffBackend> {
 /// category) or `None` to keep the current ones.
 pub type FactorUpdate<'a> = dyn FnMut(usize, &[u32]) -> Option<Vec<f64>> + 'a;
 
+/// Loss, its parts and the gradient of one epoch.
+struct Step {
+    loss: f64,
+    soft_z: f64,
+    low_background: f64,
+    mc_uncertainty: f64,
+    /// Gradient of the loss per parameter tensor.
+    gradients: Vec<Vec<f64>>,
+}
+
+/// Soft yields copied to the host.
+struct HostYields {
+    signals: Vec<Vec<f64>>,
+    background: Vec<f64>,
+    background2: Vec<f64>,
+}
+
+impl HostYields {
+    fn add<B: burn::tensor::backend::Backend>(&mut self, y: SoftYields<B>) {
+        let add = |total: &mut Vec<f64>, part: Vec<f64>| {
+            total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+        };
+        for (total, part) in self.signals.iter_mut().zip(y.signals) {
+            add(total, to_host(part));
+        }
+        add(&mut self.background, to_host(y.background));
+        add(&mut self.background2, to_host(y.background2));
+    }
+}
+
 impl<B: AutodiffBackend> Trainer<'_, B> {
+    /// Computes the loss and its gradient at `params`: in one pass over the
+    /// resident events, or with `training.chunk_events` in two passes over
+    /// chunks of events.
+    ///
+    /// The loss depends on the events only through the soft yields Y, which
+    /// are sums over events. The first pass adds up Y chunk by chunk without
+    /// gradients and gets g = ∂L/∂Y on the small yield tensors; the second
+    /// differentiates ⟨g, Y_chunk⟩ chunk by chunk and adds the results,
+    /// which by the chain rule is ∂L/∂θ. Only one chunk's graph is held at a
+    /// time.
+    fn step(
+        &self,
+        model: &CategoryModel,
+        objective: &Objective,
+        params: &Params,
+        anneal: &[f64],
+        factors: Option<&[f64]>,
+    ) -> Step {
+        let device = &self.device;
+        let scalar = |t: Tensor<B, 1>| to_host(t)[0];
+        let gradient_of = |tensors: &[Tensor<B, 1>],
+                           grads: &B::Gradients|
+         -> Vec<Vec<f64>> {
+            tensors
+                .iter()
+                .map(|t| {
+                    t.grad(grads).map(to_host).unwrap_or_else(|| vec![0.0; t.dims()[0]])
+                })
+                .collect()
+        };
+        let leaves = || -> Vec<Tensor<B, 1>> {
+            params.values.iter().map(|v| tensor1::<B>(v, device).require_grad()).collect()
+        };
+        let n = self.tensors.len();
+        let chunk = self.pipeline.training.chunk_events.filter(|&c| c < n);
+        let Some(chunk) = chunk else {
+            let tensors = leaves();
+            let m = model.membership(
+                &self.tensors.columns,
+                &tensors,
+                tensor1::<B>(anneal, device),
+            );
+            let parts = objective.compute(m, self.tensors, factors);
+            let grads = parts.loss.backward();
+            return Step {
+                gradients: gradient_of(&tensors, &grads),
+                loss: scalar(parts.loss),
+                soft_z: scalar(parts.significance),
+                low_background: scalar(parts.low_background),
+                mc_uncertainty: scalar(parts.mc_uncertainty),
+            };
+        };
+        let chunks: Vec<std::ops::Range<usize>> =
+            (0..n).step_by(chunk).map(|start| start..(start + chunk).min(n)).collect();
+        let k = model.categories();
+
+        // Pass 1: the yields of all events, without a graph.
+        let constants: Vec<Tensor<B, 1>> =
+            params.values.iter().map(|v| tensor1::<B>(v, device)).collect();
+        let signals = self
+            .tensors
+            .roles
+            .iter()
+            .filter(|r| **r == crate::config::Role::Signal)
+            .count();
+        let mut totals = HostYields {
+            signals: vec![vec![0.0; k]; signals],
+            background: vec![0.0; k],
+            background2: vec![0.0; k],
+        };
+        for rows in &chunks {
+            let part = self.tensors.chunk(rows.clone());
+            let m =
+                model.membership(&part.columns, &constants, tensor1::<B>(anneal, device));
+            totals.add(Objective::yields(m, &part, factors));
+        }
+
+        // g = ∂L/∂Y on leaf yield tensors.
+        let leaf = |v: &[f64]| tensor1::<B>(v, device).require_grad();
+        let yields = SoftYields {
+            signals: totals.signals.iter().map(|v| leaf(v)).collect(),
+            background: leaf(&totals.background),
+            background2: leaf(&totals.background2),
+        };
+        let parts = objective.from_yields(yields.clone());
+        let grads = parts.loss.clone().backward();
+        let g = |t: &Tensor<B, 1>| -> Tensor<B, 1> {
+            let values = t.grad(&grads).map(to_host).unwrap_or_else(|| vec![0.0; k]);
+            tensor1::<B>(&values, device)
+        };
+        let g_signals: Vec<Tensor<B, 1>> = yields.signals.iter().map(g).collect();
+        let (g_background, g_background2) =
+            (g(&yields.background), g(&yields.background2));
+
+        // Pass 2: ∂⟨g, Y_chunk⟩/∂θ, added over the chunks.
+        let mut gradients: Vec<Vec<f64>> =
+            params.values.iter().map(|v| vec![0.0; v.len()]).collect();
+        for rows in &chunks {
+            let tensors = leaves();
+            let part = self.tensors.chunk(rows.clone());
+            let m =
+                model.membership(&part.columns, &tensors, tensor1::<B>(anneal, device));
+            let y = Objective::yields(m, &part, factors);
+            let mut surrogate = (y.background * g_background.clone()).sum()
+                + (y.background2 * g_background2.clone()).sum();
+            for (s, gs) in y.signals.into_iter().zip(&g_signals) {
+                surrogate = surrogate + (s * gs.clone()).sum();
+            }
+            let grads = surrogate.backward();
+            for (total, part) in gradients.iter_mut().zip(gradient_of(&tensors, &grads)) {
+                total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
+            }
+        }
+        Step {
+            gradients,
+            loss: scalar(parts.loss),
+            soft_z: scalar(parts.significance),
+            low_background: scalar(parts.low_background),
+            mc_uncertainty: scalar(parts.mc_uncertainty),
+        }
+    }
+
     /// Runs every epoch from `init`, calling `tick` after each.
     pub fn train(
         &self,
@@ -148,27 +300,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             }
 
             // Forward and backward on the device.
-            let tensors: Vec<Tensor<B, 1>> = params
-                .values
-                .iter()
-                .map(|v| tensor1::<B>(v, &self.device).require_grad())
-                .collect();
-            let m = model.membership(
-                &self.tensors.columns,
-                &tensors,
-                tensor1::<B>(&anneal, &self.device),
-            );
-            let parts = objective.compute(m, self.tensors, factors.as_deref());
-            let grads = parts.loss.backward();
-            let gradients: Vec<Vec<f64>> = tensors
-                .iter()
-                .map(|t| {
-                    t.grad(&grads).map(to_host).unwrap_or_else(|| vec![0.0; t.dims()[0]])
-                })
-                .collect();
-            let scalar = |t: Tensor<B, 1>| to_host(t)[0];
-            let loss = scalar(parts.loss);
-            let soft_z = scalar(parts.significance);
+            let step = self.step(model, &objective, &params, &anneal, factors.as_deref());
+            let Step { loss, soft_z, low_background, mc_uncertainty, gradients } = step;
             if !loss.is_finite() || gradients.iter().flatten().any(|g| !g.is_finite()) {
                 return Err(Error::Train(format!(
                     "the loss or its gradient is not finite at epoch {epoch} (loss {loss}); \
@@ -187,8 +320,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 loss,
                 soft_z,
                 hard_z: table.z,
-                low_background_penalty: scalar(parts.low_background),
-                mc_uncertainty_penalty: scalar(parts.mc_uncertainty),
+                low_background_penalty: low_background,
+                mc_uncertainty_penalty: mc_uncertainty,
                 learning_rate,
                 anneal: anneal[0],
                 boundaries: match (model, &cuts) {

@@ -888,4 +888,6 @@ fn error_binned_statistics_settings() {
     )
     .unwrap();
     assert_eq!(p.training.statistics_bins, Some(4000));
+    let err = config_error(&format!("{BASE}training:\n  chunk_events: 0\n"));
+    assert_eq!(err, "p.yaml: training.chunk_events: must be at least 1, got 0");
 }

@@ -127,3 +127,78 @@ fn binned_training_matches_events_three_class() {
         1e-3,
     );
 }
+
+/// Trains `epochs` epochs of the three-class GMM (both penalties on) with
+/// `chunk_events` and returns the history and the final parameters.
+fn train_three_class(
+    chunk_events: Option<usize>,
+) -> (Vec<gato::optimize::EpochRecord>, Vec<f64>) {
+    use gato::model::CategoryModel;
+    use gato::objective::EventTensors;
+    use gato::optimize::Trainer;
+    use gato::run::{CpuBackend, build_model};
+    let text = "name: c\nseed: 2\nsources:\n  toy:\n    generator:\n      kind: three-class\n      \
+                signal: 3000\n      background: 9000\nprocesses:\n  \
+                - { name: signal1, role: signal, source: toy }\n  \
+                - { name: signal2, role: signal, source: toy }\n  \
+                - { name: bkg1, role: background, source: toy }\n  \
+                - { name: bkg2, role: background, source: toy }\n  \
+                - { name: bkg3, role: background, source: toy }\n  \
+                - { name: bkg4, role: background, source: toy }\n  \
+                - { name: bkg5, role: background, source: toy }\n\
+                selection:\n  sql: SELECT score_signal1, score_signal2, weight FROM events\n  \
+                discriminants: [score_signal1, score_signal2]\n  weight: weight\n\
+                model:\n  kind: gmm\n  categories: [4]\n  means: simplex\n  init: random\n\
+                objective:\n  combine: geometric\n  penalties:\n    \
+                low_background: { threshold: 50, weight: 0.1 }\n    \
+                mc_uncertainty: { max_relative: 0.01, weight: 1 }\n\
+                training:\n  epochs: 5\n";
+    let mut p = pipeline(text);
+    p.training.chunk_events = chunk_events;
+    let (_, events) = select_events(&p);
+    let tensors = EventTensors::<CpuBackend>::new(&events, &p, &Default::default());
+    let trainer = Trainer {
+        pipeline: &p,
+        events: &events,
+        tensors: &tensors,
+        device: Default::default(),
+    };
+    let model: CategoryModel = build_model(&p, &p.model.bins[0]);
+    let init = model.init(
+        &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(4),
+        0,
+        &[],
+    );
+    let outcome = trainer.train(&model, init, &mut |_| {}).unwrap();
+    (outcome.history, outcome.params.values.concat())
+}
+
+#[test]
+fn chunked_gradient_equals_resident_gradient() {
+    let (resident, resident_params) = train_three_class(None);
+    // 1000 events per chunk: chunks cut across process boundaries.
+    let (chunked, chunked_params) = train_three_class(Some(1000));
+    for (a, b) in resident.iter().zip(&chunked) {
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-10 * a.loss.abs(),
+            "epoch {}: {} vs {}",
+            a.epoch,
+            a.loss,
+            b.loss
+        );
+        assert!((a.soft_z - b.soft_z).abs() <= 1e-10 * a.soft_z);
+        assert!(
+            (a.mc_uncertainty_penalty - b.mc_uncertainty_penalty).abs()
+                <= 1e-10 * a.mc_uncertainty_penalty.abs().max(1e-12)
+        );
+    }
+    // Five optimiser steps from the same start end at the same parameters
+    // only if every gradient agreed.
+    for (a, b) in resident_params.iter().zip(&chunked_params) {
+        assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{a} vs {b}");
+    }
+    assert!(
+        resident.iter().any(|r| r.mc_uncertainty_penalty > 0.0),
+        "the penalty is active"
+    );
+}
