@@ -65,8 +65,8 @@ impl<B: Backend> EventTensors<B> {
 }
 
 impl<B: Backend> EventTensors<B> {
-    /// The events in `rows`, with the process ranges cut to them and
-    /// shifted to start at 0.
+    /// Returns the events in `rows`, with the process ranges cut to them
+    /// and shifted to start at 0.
     pub fn chunk(&self, rows: Range<usize>) -> EventTensors<B> {
         let slice = |t: &Tensor<B, 2>| t.clone().slice([rows.clone(), 0..1]);
         EventTensors {
@@ -146,8 +146,8 @@ impl Objective {
         self.from_yields(Self::yields(m, events, factors))
     }
 
-    /// Soft yields of membership `m` [N, K] of `events`: per signal, and of
-    /// the background with its Σw², each [K]. `factors` scale the
+    /// Computes the soft yields of membership `m` [N, K] of `events`: per
+    /// signal, and of the background with its Σw², each [K]. `factors` scale the
     /// reweighted background processes as in [`Objective::compute`].
     ///
     /// Yields add up over disjoint sets of events, so the yields of all

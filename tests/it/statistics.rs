@@ -153,6 +153,7 @@ fn train_three_class(
                 low_background: { threshold: 50, weight: 0.1 }\n    \
                 mc_uncertainty: { max_relative: 0.01, weight: 1 }\n\
                 training:\n  epochs: 5\n";
+
     let mut p = pipeline(text);
     p.training.chunk_events = chunk_events;
     let (_, events) = select_events(&p);
@@ -163,6 +164,7 @@ fn train_three_class(
         tensors: &tensors,
         device: Default::default(),
     };
+
     let model: CategoryModel = build_model(&p, &p.model.bins[0]);
     let init = model.init(
         &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(4),
