@@ -41,6 +41,19 @@ pub struct Summary {
     pub report: crate::config::ReportFile,
     /// Wall-clock times of the stages, in seconds.
     pub timings_s: Timings,
+    /// Peak resident memory of the process up to the end of the apply
+    /// stage, in MiB (Linux only).
+    #[serde(default)]
+    pub peak_rss_mib: Option<f64>,
+}
+
+/// Reads the peak resident memory of this process (VmHWM) in MiB; `None`
+/// where /proc/self/status does not exist.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// The objective's penalties: their thresholds and weights λ.

@@ -290,6 +290,7 @@ async fn run_checked(
         },
         report: pipeline.report.clone(),
         timings_s: timings,
+        peak_rss_mib: crate::report::peak_rss_mib(),
     };
     publish(&output, &staging, &summary, options.overwrite)?;
     let path = output.join("summary.json");

@@ -1,0 +1,152 @@
+//! The training modes side by side on generated 1D toys of several sizes:
+//! events resident in one pass, the two-pass gradient over chunks
+//! (`training.chunk_events`), and binned statistics
+//! (`training.statistics: binned`). For each size and mode it runs `gato
+//! run` in its own process and prints selection and apply throughput, the
+//! time of one epoch, the peak resident memory and the final hard Z, and
+//! checks that the modes agree on hard Z within 0.1 %.
+//!
+//! ```text
+//! cargo bench --bench modes -- [--sizes 1000000,10000000,50000000] [--epochs 5]
+//! ```
+//!
+//! Each size N gets N/4 signal and 3N/4 background events, written once by
+//! `gato generate toy-1d` into a temporary directory, and K = 5 sigmoid
+//! cuts. Exits with status 1 when the modes disagree.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Args {
+    sizes: Vec<usize>,
+    epochs: usize,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { sizes: vec![1_000_000, 10_000_000, 50_000_000], epochs: 5 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--sizes" => {
+                args.sizes = value()
+                    .split(',')
+                    .map(|s| s.parse().expect("--sizes: integers"))
+                    .collect();
+            }
+            "--epochs" => args.epochs = value().parse().expect("--epochs: an integer"),
+            // cargo bench passes --bench to every bench binary.
+            "--bench" => {}
+            other => panic!("unknown argument {other}; see the file's header"),
+        }
+    }
+    args
+}
+
+const MODES: [(&str, &str); 3] = [
+    ("resident", ""),
+    ("chunked", "  chunk_events: 1000000\n"),
+    ("binned", "  statistics: binned\n"),
+];
+
+fn gato() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gato"))
+}
+
+fn pipeline_text(input: &Path, epochs: usize, mode: &str) -> String {
+    let mut text = format!(
+        "name: modes\nseed: 7\nsources:\n  mc:\n    files: [\"{}\"]\n    process_column: process\nprocesses:\n",
+        input.display()
+    );
+    text.push_str("  - { name: signal, role: signal, source: mc }\n");
+    for b in 1..=5 {
+        text.push_str(&format!("  - {{ name: bkg{b}, role: background, source: mc }}\n"));
+    }
+    text.push_str(&format!(
+        "selection:\n  sql: SELECT score, weight FROM events\n  discriminants: [score]\n  \
+         weight: weight\nmodel:\n  kind: sigmoid\n  categories: [5]\nobjective:\n  \
+         penalties:\n    low_background: {{ threshold: 10, weight: 1 }}\n\
+         training:\n  epochs: {epochs}\n{mode}"
+    ));
+    text
+}
+
+fn number(v: &serde_json::Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+fn main() {
+    let args = parse_args();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    println!(
+        "{:>11} {:<9} {:>14} {:>10} {:>14} {:>10} {:>9}",
+        "events",
+        "mode",
+        "select [ev/s]",
+        "epoch [s]",
+        "apply [ev/s]",
+        "peak [MiB]",
+        "hard Z"
+    );
+    let mut failed = false;
+    for &n in &args.sizes {
+        let input = dir.path().join(format!("toy_{n}.parquet"));
+        let status = gato()
+            .args(["-q", "generate", "toy-1d", "--out"])
+            .arg(&input)
+            .args([
+                "--signal",
+                &(n / 4).to_string(),
+                "--background",
+                &(n - n / 4).to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("gato generate");
+        assert!(status.success(), "gato generate failed");
+        let mut zs = Vec::new();
+        for (name, mode) in MODES {
+            let pipeline = dir.path().join(format!("{name}.yaml"));
+            std::fs::write(&pipeline, pipeline_text(&input, args.epochs, mode))
+                .expect("write");
+            let out: PathBuf = dir.path().join(format!("out_{n}_{name}"));
+            let status = gato()
+                .args(["-q", "run"])
+                .arg(&pipeline)
+                .arg("--out")
+                .arg(&out)
+                .stdout(std::process::Stdio::null())
+                .status()
+                .expect("gato run");
+            assert!(status.success(), "gato run failed for {name} at {n} events");
+            let summary: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join("summary.json")).expect("summary.json"),
+            )
+            .expect("JSON");
+            let t = &summary["timings_s"];
+            let run = &summary["runs"][0];
+            let z = number(&run["table"]["z"]);
+            zs.push(z);
+            println!(
+                "{:>11} {:<9} {:>14.3e} {:>10.3} {:>14.3e} {:>10.0} {:>9.4}",
+                n,
+                name,
+                n as f64 / number(&t["select"]),
+                number(&run["training_s"]) / args.epochs as f64,
+                n as f64 / number(&t["apply"]),
+                number(&summary["peak_rss_mib"]),
+                z
+            );
+            std::fs::remove_dir_all(&out).ok();
+        }
+        let spread = zs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            - zs.iter().copied().fold(f64::INFINITY, f64::min);
+        if spread > 1e-3 * zs[0] {
+            println!("{n} events: the modes disagree on hard Z by {spread:.5}");
+            failed = true;
+        }
+    }
+    if failed {
+        std::process::exit(1);
+    }
+}
