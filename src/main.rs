@@ -46,6 +46,12 @@ enum Command {
         /// `--features cuda`.
         #[arg(long, value_name = "DEVICE")]
         device: Option<gato::device::DeviceChoice>,
+        /// Memory budget in MiB (default: half the machine's memory). When
+        /// the estimated gradient graph of all events exceeds half of it,
+        /// each epoch's gradient is computed in two passes over chunks of
+        /// events, as with `training.chunk_events`.
+        #[arg(long, value_name = "MIB")]
+        memory_limit: Option<f64>,
     },
     /// Categorise Parquet files with a model saved by `gato run`.
     ///
@@ -142,7 +148,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { pipeline, out, overwrite, device } => {
+        Command::Run { pipeline, out, overwrite, device, memory_limit } => {
+            if let Some(limit) = memory_limit
+                && !(limit.is_finite() && limit > 0.0)
+            {
+                anyhow::bail!(
+                    "--memory-limit must be a positive number of MiB, got {limit}"
+                );
+            }
             let pipeline = Pipeline::load(&pipeline)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -155,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 print: true,
                 device,
+                memory_limit_mib: memory_limit,
             };
             runtime.block_on(run_pipeline(&pipeline, &options))?;
             Ok(())

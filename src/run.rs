@@ -43,6 +43,44 @@ pub struct RunOptions {
     pub print: bool,
     /// Training device; the pipeline's `device` when `None`.
     pub device: Option<DeviceChoice>,
+    /// Memory budget in MiB that decides between the one-pass and the
+    /// two-pass gradient when `training.chunk_events` is not set; half the
+    /// machine's memory when `None`.
+    pub memory_limit_mib: Option<f64>,
+}
+
+/// Estimated bytes of gradient graph per event and per category and
+/// discriminant (plus one) in a one-pass gradient: sixteen float64 tensors
+/// of the events' shape.
+// NOTE: an estimate from the number of intermediate [N, K] tensors the
+// models build; it has not been measured against the allocator.
+const GRAPH_BYTES: f64 = 16.0 * 8.0;
+
+/// Events per chunk of the two-pass gradient that keeps the estimated
+/// gradient graph of `events` events within half of `limit_mib`, or
+/// `None` when one pass fits. At least 10 000 events per chunk.
+pub fn chunk_for_memory(
+    events: usize,
+    k: usize,
+    dims: usize,
+    limit_mib: f64,
+) -> Option<usize> {
+    let per_event = GRAPH_BYTES * (k * (dims + 1)) as f64;
+    let budget = limit_mib * 1024.0 * 1024.0 / 2.0;
+    if events as f64 * per_event <= budget {
+        return None;
+    }
+    Some(((budget / per_event) as usize).max(10_000))
+}
+
+/// Half of the machine's memory in MiB (from /proc/meminfo), or 4096 where
+/// it is not known.
+fn default_memory_limit_mib() -> f64 {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+        line.split_whitespace().nth(1)?.parse::<f64>().ok()
+    });
+    total.map_or(4096.0, |kib| kib / 1024.0 / 2.0)
 }
 
 /// A trainer on one of the backends this binary has.
@@ -126,6 +164,29 @@ async fn run_checked(
         binned
     });
     let train_events = binned.as_ref().unwrap_or(&events);
+    // Without `training.chunk_events`, the memory budget decides whether
+    // the gradient takes one pass or two passes over chunks.
+    let mut tuned = pipeline.clone();
+    if tuned.training.chunk_events.is_none() {
+        let limit = options.memory_limit_mib.unwrap_or_else(default_memory_limit_mib);
+        let k = pipeline
+            .model
+            .bins
+            .iter()
+            .map(|b| b.iter().product::<usize>())
+            .max()
+            .unwrap_or(2);
+        tuned.training.chunk_events =
+            chunk_for_memory(train_events.len(), k, events.discriminants.len(), limit);
+        if let Some(chunk) = tuned.training.chunk_events {
+            tracing::info!(
+                chunk,
+                limit_mib = limit,
+                "the gradient graph would exceed the memory budget; computing it in two passes over chunks"
+            );
+        }
+    }
+    let pipeline = &tuned;
     let cpu_tensors;
     #[cfg(feature = "cuda")]
     let cuda_tensors;
@@ -736,12 +797,23 @@ fn publish(
     // between two renames leaves some new and some old run directories (each
     // whole) beside the old summary.json.
     let previous = if overwrite { previous_run_names(output) } else { Vec::new() };
+    let mut replaced = Vec::new();
     for run in &summary.runs {
         let target = output.join(&run.name);
-        if target.is_dir() {
-            std::fs::remove_dir_all(&target).map_err(|e| {
-                Error::output(&target, format!("cannot remove the earlier run: {e}"))
+        // The earlier run is moved aside in one rename and removed only once
+        // the new one is in place, so the run directory is missing for as
+        // short a time as possible.
+        let aside = output.join(format!(".gato-old-{}", run.name));
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside).map_err(|e| {
+                Error::output(&aside, format!("cannot remove a stale earlier run: {e}"))
             })?;
+        }
+        if target.is_dir() {
+            std::fs::rename(&target, &aside).map_err(|e| {
+                Error::output(&target, format!("cannot move the earlier run aside: {e}"))
+            })?;
+            replaced.push(aside);
         } else if target.exists() {
             std::fs::remove_file(&target).map_err(|e| {
                 Error::output(
@@ -759,6 +831,11 @@ fn publish(
         Error::output(&histograms, format!("cannot move the histograms into place: {e}"))
     })?;
     summary.write(&output.join("summary.json"))?;
+    for aside in replaced {
+        std::fs::remove_dir_all(&aside).map_err(|e| {
+            Error::output(&aside, format!("cannot remove the earlier run: {e}"))
+        })?;
+    }
     for name in previous {
         let dir = output.join(&name);
         if !summary.runs.iter().any(|r| r.name == name) && dir.is_dir() {
@@ -805,6 +882,7 @@ fn check_output(pipeline: &Pipeline, output: &Path, overwrite: bool) -> Result<(
             .map(|n| output.join(n))
             .collect();
     touched.extend(new_runs.iter().map(|n| output.join(n)));
+    touched.extend(new_runs.iter().map(|n| output.join(format!(".gato-old-{n}"))));
     if overwrite {
         touched.extend(previous_run_names(output).iter().map(|n| output.join(n)));
     }
@@ -884,4 +962,20 @@ fn progress_bar(enabled: bool, epochs: usize, label: &str) -> ProgressBar {
     );
     bar.set_prefix(label.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_budget_chooses_chunks() {
+        // K = 5 on one discriminant: 16·8·5·2 = 1280 bytes per event. A
+        // 1024 MiB limit leaves 512 MiB = 536 870 912 bytes for the graph:
+        // 419 430 events.
+        assert_eq!(chunk_for_memory(400_000, 5, 1, 1024.0), None);
+        assert_eq!(chunk_for_memory(1_000_000, 5, 1, 1024.0), Some(419_430));
+        // Never fewer than 10 000 events per chunk.
+        assert_eq!(chunk_for_memory(1_000_000, 5, 1, 1.0), Some(10_000));
+    }
 }
