@@ -2,8 +2,8 @@
 //! events resident in one pass, the two-pass gradient over chunks
 //! (`training.chunk_events`), and binned statistics
 //! (`training.statistics: binned`). For each size and mode it runs `gato
-//! run` in its own process and prints selection and apply throughput, the
-//! time of one epoch, the peak resident memory and the final hard Z, and
+//! run` in its own process. It prints selection and apply throughput, the
+//! time of one epoch, the peak resident memory and the final hard Z, then
 //! checks that the modes agree on hard Z within 0.1 %.
 //!
 //! ```text
