@@ -12,7 +12,9 @@
 //!
 //! Each size N gets N/4 signal and 3N/4 background events, written once by
 //! `gato generate toy-1d` into a temporary directory, and K = 5 sigmoid
-//! cuts. Exits with status 1 when the modes disagree.
+//! cuts. For each size it also times DataFusion's own `COPY (SELECT * FROM
+//! t) TO 'out.parquet'` of the input and prints how fast the slowest apply
+//! stage is against it. Exits with status 1 when the modes disagree.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -71,6 +73,38 @@ fn pipeline_text(input: &Path, epochs: usize, mode: &str) -> String {
     text
 }
 
+/// Seconds DataFusion takes for `COPY (SELECT * FROM t) TO 'out'` of the
+/// Parquet file `input`: the reference that `gato run`'s apply stage, which
+/// copies every row and adds a column, is compared with.
+fn copy_seconds(input: &Path, out: &Path) -> f64 {
+    use gato::datafusion::prelude::{ParquetReadOptions, SessionContext};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let ctx = SessionContext::new();
+        ctx.register_parquet(
+            "t",
+            input.to_str().expect("UTF-8 path"),
+            ParquetReadOptions::default(),
+        )
+        .await
+        .expect("register the input");
+        let started = std::time::Instant::now();
+        ctx.sql(&format!(
+            "COPY (SELECT * FROM t) TO '{}' STORED AS PARQUET",
+            out.display()
+        ))
+        .await
+        .expect("plan COPY")
+        .collect()
+        .await
+        .expect("run COPY");
+        started.elapsed().as_secs_f64()
+    })
+}
+
 fn number(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -105,6 +139,7 @@ fn main() {
             .expect("gato generate");
         assert!(status.success(), "gato generate failed");
         let mut zs = Vec::new();
+        let mut applies = Vec::new();
         for (name, mode) in MODES {
             let pipeline = dir.path().join(format!("{name}.yaml"));
             std::fs::write(&pipeline, pipeline_text(&input, args.epochs, mode))
@@ -127,6 +162,7 @@ fn main() {
             let run = &summary["runs"][0];
             let z = number(&run["table"]["z"]);
             zs.push(z);
+            applies.push(number(&t["apply"]));
             println!(
                 "{:>11} {:<9} {:>14.3e} {:>10.3} {:>14.3e} {:>10.0} {:>9.4}",
                 n,
@@ -139,6 +175,14 @@ fn main() {
             );
             std::fs::remove_dir_all(&out).ok();
         }
+        let copy = copy_seconds(&input, &dir.path().join(format!("copy_{n}.parquet")));
+        println!(
+            "{:>11} {:<9} DataFusion COPY of the input: {:.3e} ev/s; apply reaches {:.0} %",
+            n,
+            "",
+            n as f64 / copy,
+            100.0 * applies.iter().map(|a| copy / a).fold(f64::INFINITY, f64::min)
+        );
         let spread = zs.iter().copied().fold(f64::NEG_INFINITY, f64::max)
             - zs.iter().copied().fold(f64::INFINITY, f64::min);
         if spread > 1e-3 * zs[0] {
