@@ -298,6 +298,29 @@ fn panel(
     }
 }
 
+/// One line over the epochs per entry of a per-epoch list (cuts or
+/// factors), named `<name> <index>`.
+fn entry_lines(
+    history: &[EpochRecord],
+    entries: usize,
+    name: &str,
+    list: impl Fn(&EpochRecord) -> Option<&Vec<f64>>,
+) -> Vec<Line> {
+    let stride = history.len().div_ceil(MAX_POINTS).max(1);
+    (0..entries)
+        .map(|c| {
+            let points = history
+                .iter()
+                .step_by(stride)
+                .filter_map(|r| {
+                    list(r).and_then(|v| v.get(c)).map(|&v| (r.epoch as f64, v))
+                })
+                .collect();
+            series(&format!("{name} {c}"), category_colour(c), 2, points)
+        })
+        .collect()
+}
+
 /// Width of the legend column of the panels of the history figure.
 const PANEL_LEGEND: u32 = 140;
 
@@ -518,22 +541,8 @@ fn draw_run(
     if best_history.iter().any(|r| r.boundaries.is_some()) {
         let cuts =
             best_history.iter().find_map(|r| r.boundaries.as_ref()).map_or(0, Vec::len);
-        let lines = (0..cuts)
-            .map(|c| {
-                let points = best_history
-                    .iter()
-                    .step_by(best_history.len().div_ceil(MAX_POINTS).max(1))
-                    .filter_map(|r| {
-                        r.boundaries
-                            .as_ref()
-                            .and_then(|b| b.get(c))
-                            .map(|&v| (r.epoch as f64, v))
-                    })
-                    .collect();
-                series(&format!("boundary {c}"), category_colour(c), 2, points)
-            })
-            .collect::<Vec<_>>();
-        let mut lines = lines;
+        let mut lines =
+            entry_lines(best_history, cuts, "boundary", |r| r.boundaries.as_ref());
         if let (true, Some(last), Some(cuts)) =
             (run.refined, best_history.last(), &run.boundaries)
         {
@@ -677,22 +686,8 @@ fn draw_run(
 
     // Background factors over the epochs.
     if best_history.iter().any(|r| r.background_factors.is_some()) {
-        let lines = (0..k)
-            .map(|c| {
-                let points = best_history
-                    .iter()
-                    .step_by(best_history.len().div_ceil(MAX_POINTS).max(1))
-                    .filter_map(|r| {
-                        r.background_factors
-                            .as_ref()
-                            .and_then(|f| f.get(c))
-                            .map(|&v| (r.epoch as f64, v))
-                    })
-                    .collect();
-                series(&format!("category {c}"), category_colour(c), 2, points)
-            })
-            .collect::<Vec<_>>();
-        let mut lines = lines;
+        let mut lines =
+            entry_lines(best_history, k, "category", |r| r.background_factors.as_ref());
         if let (Some(last), Some(factors)) =
             (best_history.last(), &run.background_factors)
         {

@@ -43,6 +43,20 @@ pub fn toy_1d_processes(source: &str) -> String {
     out
 }
 
+/// Processes of the three-class toy, as pipeline YAML reading `source`.
+pub fn three_class_processes(source: &str) -> String {
+    let mut out = String::from("processes:\n");
+    for s in ["signal1", "signal2"] {
+        out.push_str(&format!("  - {{ name: {s}, role: signal, source: {source} }}\n"));
+    }
+    for b in ["bkg1", "bkg2", "bkg3", "bkg4", "bkg5"] {
+        out.push_str(&format!(
+            "  - {{ name: {b}, role: background, source: {source} }}\n"
+        ));
+    }
+    out
+}
+
 /// Reads every row of a Parquet file as record batches.
 pub fn read_parquet(
     path: &Path,

@@ -13,7 +13,8 @@ use gato::plot::{
 use serde_json::Value;
 
 use crate::common::{
-    float_column, gato_bin, read_parquet, string_column, toy_1d_processes,
+    float_column, gato_bin, read_parquet, string_column, three_class_processes,
+    toy_1d_processes,
 };
 
 fn gato(args: &[&str], dir: &Path) -> std::process::Output {
@@ -88,26 +89,22 @@ fn one_d_pipeline() -> String {
     )
 }
 
+/// Writes the 1D toy as sample.parquet in `dir` and runs the 1D pipeline
+/// on it for `epochs` epochs.
+fn run_one_d(dir: &Path, signal: usize, background: usize, epochs: usize) {
+    let (signal, background) = (signal.to_string(), background.to_string());
+    let args = ["generate", "toy-1d", "--out", "sample.parquet", "--seed", "3"];
+    let sizes = ["--signal", &signal, "--background", &background];
+    ok(&gato(&[&args[..], &sizes[..]].concat(), dir));
+    let text = one_d_pipeline().replace("epochs: 12", &format!("epochs: {epochs}"));
+    std::fs::write(dir.join("pipeline.yaml"), text).unwrap();
+    ok(&gato(&["-q", "run", "pipeline.yaml"], dir));
+}
+
 #[test]
 fn one_d_plots_match_summary_and_recomputed_histograms() {
     let dir = tempfile::tempdir().unwrap();
-    ok(&gato(
-        &[
-            "generate",
-            "toy-1d",
-            "--out",
-            "sample.parquet",
-            "--seed",
-            "3",
-            "--signal",
-            "3000",
-            "--background",
-            "20000",
-        ],
-        dir.path(),
-    ));
-    std::fs::write(dir.path().join("pipeline.yaml"), one_d_pipeline()).unwrap();
-    ok(&gato(&["-q", "run", "pipeline.yaml"], dir.path()));
+    run_one_d(dir.path(), 3000, 20000, 12);
     let out = dir.path().join("out");
     let summary = read_json(&out.join("summary.json"));
     assert_eq!(summary["schema_version"], 2);
@@ -313,21 +310,17 @@ fn check_in_chromium(html: &Path, images: usize) {
 #[test]
 fn two_d_map_shows_every_populated_category() {
     let dir = tempfile::tempdir().unwrap();
-    let text = "name: map\nseed: 5\nsources:\n  toy:\n    generator:\n      kind: three-class\n      \
-                signal: 2000\n      background: 12000\nprocesses:\n  \
-                - { name: signal1, role: signal, source: toy }\n  \
-                - { name: signal2, role: signal, source: toy }\n  \
-                - { name: bkg1, role: background, source: toy }\n  \
-                - { name: bkg2, role: background, source: toy }\n  \
-                - { name: bkg3, role: background, source: toy }\n  \
-                - { name: bkg4, role: background, source: toy }\n  \
-                - { name: bkg5, role: background, source: toy }\n\
+    let processes = three_class_processes("toy");
+    let text = format!(
+        "name: map\nseed: 5\nsources:\n  toy:\n    generator:\n      kind: three-class\n      \
+                signal: 2000\n      background: 12000\n{processes}\
                 selection:\n  sql: SELECT score_signal1, score_signal2, weight FROM events\n  \
                 discriminants: [score_signal1, score_signal2]\n  weight: weight\n\
                 model:\n  kind: gmm\n  categories: [4]\n  means: simplex\n  init: random\n\
                 objective:\n  combine: geometric\ntraining:\n  epochs: 6\n\
-                evaluation:\n  argmax_low: 0.33\noutput: out\n";
-    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
+                evaluation:\n  argmax_low: 0.33\noutput: out\n"
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), &text).unwrap();
     ok(&gato(&["-q", "run", "pipeline.yaml"], dir.path()));
     let out = dir.path().join("out");
     let summary = read_json(&out.join("summary.json"));
@@ -387,24 +380,7 @@ fn report_errors_name_the_file_and_the_fix() {
 /// Runs the small 1D pipeline in a new directory and returns it.
 fn small_run() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    ok(&gato(
-        &[
-            "generate",
-            "toy-1d",
-            "--out",
-            "sample.parquet",
-            "--seed",
-            "3",
-            "--signal",
-            "2000",
-            "--background",
-            "8000",
-        ],
-        dir.path(),
-    ));
-    let text = one_d_pipeline().replace("epochs: 12", "epochs: 4");
-    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
-    ok(&gato(&["-q", "run", "pipeline.yaml"], dir.path()));
+    run_one_d(dir.path(), 2000, 8000, 4);
     dir
 }
 

@@ -9,7 +9,9 @@ use std::process::Command;
 use gato::evaluate::evaluate;
 use serde_json::Value;
 
-use crate::common::{gato_bin, pipeline, select_events, toy_1d_processes};
+use crate::common::{
+    gato_bin, pipeline, select_events, three_class_processes, toy_1d_processes,
+};
 
 fn one_d(statistics: &str) -> String {
     format!(
@@ -104,17 +106,11 @@ fn binned_training_matches_events_1d() {
 
 #[test]
 fn binned_training_matches_events_three_class() {
+    let processes = three_class_processes("toy");
     let text = |statistics: &str| {
         format!(
             "name: t\nseed: 5\nsources:\n  toy:\n    generator:\n      kind: three-class\n      \
-             signal: 20000\n      background: 100000\nprocesses:\n  \
-             - {{ name: signal1, role: signal, source: toy }}\n  \
-             - {{ name: signal2, role: signal, source: toy }}\n  \
-             - {{ name: bkg1, role: background, source: toy }}\n  \
-             - {{ name: bkg2, role: background, source: toy }}\n  \
-             - {{ name: bkg3, role: background, source: toy }}\n  \
-             - {{ name: bkg4, role: background, source: toy }}\n  \
-             - {{ name: bkg5, role: background, source: toy }}\n\
+             signal: 20000\n      background: 100000\n{processes}\
              selection:\n  sql: SELECT score_signal1, score_signal2, weight FROM events\n  \
              discriminants: [score_signal1, score_signal2]\n  weight: weight\n\
              model:\n  kind: gmm\n  categories: [4]\n  means: simplex\n  init: random\n\
@@ -137,24 +133,20 @@ fn train_three_class(
     use gato::objective::EventTensors;
     use gato::optimize::Trainer;
     use gato::run::{CpuBackend, build_model};
-    let text = "name: c\nseed: 2\nsources:\n  toy:\n    generator:\n      kind: three-class\n      \
-                signal: 3000\n      background: 9000\nprocesses:\n  \
-                - { name: signal1, role: signal, source: toy }\n  \
-                - { name: signal2, role: signal, source: toy }\n  \
-                - { name: bkg1, role: background, source: toy }\n  \
-                - { name: bkg2, role: background, source: toy }\n  \
-                - { name: bkg3, role: background, source: toy }\n  \
-                - { name: bkg4, role: background, source: toy }\n  \
-                - { name: bkg5, role: background, source: toy }\n\
+    let processes = three_class_processes("toy");
+    let text = format!(
+        "name: c\nseed: 2\nsources:\n  toy:\n    generator:\n      kind: three-class\n      \
+                signal: 3000\n      background: 9000\n{processes}\
                 selection:\n  sql: SELECT score_signal1, score_signal2, weight FROM events\n  \
                 discriminants: [score_signal1, score_signal2]\n  weight: weight\n\
                 model:\n  kind: gmm\n  categories: [4]\n  means: simplex\n  init: random\n\
                 objective:\n  combine: geometric\n  penalties:\n    \
-                low_background: { threshold: 50, weight: 0.1 }\n    \
-                mc_uncertainty: { max_relative: 0.01, weight: 1 }\n\
-                training:\n  epochs: 5\n";
+                low_background: {{ threshold: 50, weight: 0.1 }}\n    \
+                mc_uncertainty: {{ max_relative: 0.01, weight: 1 }}\n\
+                training:\n  epochs: 5\n"
+    );
 
-    let mut p = pipeline(text);
+    let mut p = pipeline(&text);
     p.training.chunk_events = chunk_events;
     let (_, events) = select_events(&p);
     let tensors = EventTensors::<CpuBackend>::new(&events, &p, &Default::default());
