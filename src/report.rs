@@ -253,18 +253,22 @@ pub(crate) fn numbers_or_nan<'de, D: Deserializer<'de>>(
         .collect())
 }
 
+/// Reads an output file of `gato run`. A missing or unreadable file gives
+/// an error that names it and points to `gato run`.
+pub(crate) fn read_output(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::input(
+            path,
+            format!("cannot read it ({e}); `gato run` writes it with the run's outputs"),
+        )
+    })
+}
+
 impl Summary {
     /// Reads `summary.json` from `path`; its `schema_version` must be
     /// [`SCHEMA_VERSION`].
     pub fn read(path: &Path) -> Result<Summary> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::input(
-                path,
-                format!(
-                    "cannot read it ({e}); `gato run` writes it with the run's outputs"
-                ),
-            )
-        })?;
+        let text = read_output(path)?;
         let value: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::input(path, format!("not valid JSON: {e}")))?;
         let field = value.get("schema_version");

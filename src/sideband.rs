@@ -180,8 +180,8 @@ pub struct CategorySpectrum {
 /// (`spec.bins` equal bins: background yields and Σw², signal yields) and
 /// fits the background with [`fit_exponential`].
 ///
-/// Each category's factor is the fitted share of its background in the
-/// window. Where the fit fails, or the category has no background event in
+/// The factor of each category is the fitted share of its background in
+/// the window. Where the fit fails, or the category has no background event in
 /// the window, the factor is the window's share of the range width and
 /// `fit` is `None`. Without `events.mass` every category gets that flat
 /// factor and empty spectra.

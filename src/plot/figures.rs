@@ -414,13 +414,13 @@ where
 {
     let top = (MARGIN + CAPTION_HEIGHT + 10) as i32;
     let rows = ((area.dim_in_pixel().1 as i32 - top) / 22).max(1) as usize;
-    let shown = if entries.len() > rows { rows - 1 } else { entries.len() };
-    if shown < entries.len() {
-        let y = top + 22 * shown as i32;
-        let more = format!("… and {} more", entries.len() - shown);
+    let listed = if entries.len() > rows { rows - 1 } else { entries.len() };
+    if listed < entries.len() {
+        let y = top + 22 * listed as i32;
+        let more = format!("… and {} more", entries.len() - listed);
         area.draw(&Text::new(more, (26, y - 8), (FAMILY, 14)))?;
     }
-    for (i, (label, mark)) in entries.iter().take(shown).enumerate() {
+    for (i, (label, mark)) in entries.iter().take(listed).enumerate() {
         let y = top + 22 * i as i32;
         match mark {
             Mark::Fill(colour) => {
@@ -588,6 +588,7 @@ impl Figure for YieldUncertainty {
         let ys = self.points.iter().map(|p| p.2).chain(self.mc_uncertainty);
         let top = ys.fold(0.0f64, f64::max);
         let y = (0.0, if top > 0.0 { top * 1.25 } else { 1.0 });
+
         let hidden =
             self.points.iter().filter(|p| !(p.1 > 0.0 && p.2.is_finite())).count();
         let title = if hidden > 0 {
@@ -718,6 +719,21 @@ impl CategoryMap {
     }
 }
 
+/// Fills `root` white, writes `title` across its top and returns the area
+/// below the title.
+fn titled_body<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+) -> Result<DrawingArea<DB, Shift>, Box<dyn std::error::Error>>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let (top, body) = root.split_vertically(CAPTION_HEIGHT);
+    top.titled(title, (FAMILY, 18))?;
+    Ok(body)
+}
+
 /// Maps a density to a colour between white and `ink`, on a log scale.
 fn density_colour(value: f64, lo: f64, hi: f64, ink: RGBColor) -> RGBColor {
     if value <= 0.0 {
@@ -740,9 +756,7 @@ impl Figure for CategoryMap {
     where
         DB::ErrorType: 'static,
     {
-        root.fill(&WHITE)?;
-        let (top, body) = root.split_vertically(CAPTION_HEIGHT);
-        top.titled(&self.title, (FAMILY, 18))?;
+        let body = titled_body(root, &self.title)?;
         let panels = if self.density.is_some() { 3 } else { 1 };
         let areas = body.split_evenly((1, panels));
         let n = self.n;
@@ -855,9 +869,7 @@ impl Figure for MassCategories {
     where
         DB::ErrorType: 'static,
     {
-        root.fill(&WHITE)?;
-        let (top, body) = root.split_vertically(CAPTION_HEIGHT);
-        top.titled(&self.title, (FAMILY, 18))?;
+        let body = titled_body(root, &self.title)?;
         let columns = self.categories.len().clamp(1, 3);
         let rows = self.categories.len().div_ceil(3).max(1);
         let areas = body.split_evenly((rows, columns));

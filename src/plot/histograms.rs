@@ -191,14 +191,7 @@ impl Histograms {
 
     /// Reads `histograms.json` from `path`.
     pub fn read(path: &Path) -> Result<Histograms> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::input(
-                path,
-                format!(
-                    "cannot read it ({e}); `gato run` writes it with the run's outputs"
-                ),
-            )
-        })?;
+        let text = crate::report::read_output(path)?;
         let histograms: Histograms = serde_json::from_str(&text)
             .map_err(|e| Error::input(path, format!("not a gato histogram file: {e}")))?;
         if histograms.version != HISTOGRAMS_VERSION {

@@ -110,8 +110,8 @@ pub fn hex(c: RGBColor) -> String {
 fn register_font() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
-        // Registration fails only on bytes that are not a font; the test
-        // below registers the bundled file.
+        // Registration fails only on bytes that are not a font. The test
+        // `bundled_font_registers` registers this same file.
         let _ = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
     });
 }

@@ -250,12 +250,7 @@ fn by_role(
 }
 
 fn read_history(path: &Path) -> Result<Vec<Vec<EpochRecord>>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::input(
-            path,
-            format!("cannot read it ({e}); `gato run` writes it with the run"),
-        )
-    })?;
+    let text = crate::report::read_output(path)?;
     serde_json::from_str(&text)
         .map_err(|e| Error::input(path, format!("not a gato training history: {e}")))
 }
@@ -298,7 +293,7 @@ fn panel(
     }
 }
 
-/// One line over the epochs per entry of a per-epoch list (cuts or
+/// Builds one line over the epochs per entry of a per-epoch list (cuts or
 /// factors), named `<name> <index>`.
 fn entry_lines(
     history: &[EpochRecord],
