@@ -1,19 +1,21 @@
 //! The training modes side by side on generated 1D toys of several sizes:
 //! events resident in one pass, the two-pass gradient over chunks
-//! (`training.chunk_events`), and binned statistics
-//! (`training.statistics: binned`). For each size and mode it runs `gato
-//! run` in its own process. It prints selection and apply throughput, the
+//! (`training.chunk_events`), binned statistics (`training.statistics:
+//! binned`), and both of the last two with the events kept on disk
+//! (`selection.events: disk`). For each size and mode it runs `gato run`
+//! in its own process. It prints selection and apply throughput, the
 //! time of one epoch, the peak resident memory and the final hard Z, then
 //! checks that the modes agree on hard Z within 0.1 %.
 //!
 //! ```text
 //! cargo bench --bench modes -- [--sizes 1000000,10000000,50000000] [--epochs 5]
+//!     [--modes resident,chunked,binned,disk,disk-binned]
 //! ```
 //!
 //! Each size N gets N/4 signal and 3N/4 background events, written once by
 //! `gato generate toy-1d` into a temporary directory, and K = 5 sigmoid
 //! cuts. The resident mode runs with an unbounded `--memory-limit`, the
-//! others with 4096 MiB. For each size it also times DataFusion's own `COPY (SELECT * FROM
+//! chunked and binned modes with 4096 MiB and the disk modes with 1024 MiB. For each size it also times DataFusion's own `COPY (SELECT * FROM
 //! t) TO 'out.parquet'` of the input and prints how fast the slowest apply
 //! stage is against it. Exits with status 1 when the modes disagree.
 
@@ -23,10 +25,15 @@ use std::process::Command;
 struct Args {
     sizes: Vec<usize>,
     epochs: usize,
+    modes: Vec<String>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { sizes: vec![1_000_000, 10_000_000, 50_000_000], epochs: 5 };
+    let mut args = Args {
+        sizes: vec![1_000_000, 10_000_000, 50_000_000],
+        epochs: 5,
+        modes: MODES.iter().map(|m| m.name.to_string()).collect(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -38,6 +45,15 @@ fn parse_args() -> Args {
                     .collect();
             }
             "--epochs" => args.epochs = value().parse().expect("--epochs: an integer"),
+            "--modes" => {
+                args.modes = value().split(',').map(str::to_string).collect();
+                for m in &args.modes {
+                    assert!(
+                        MODES.iter().any(|mode| mode.name == m),
+                        "--modes: unknown mode {m}"
+                    );
+                }
+            }
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
             other => panic!("unknown argument {other}; see the file's header"),
@@ -46,17 +62,46 @@ fn parse_args() -> Args {
     args
 }
 
-const MODES: [(&str, &str); 3] = [
-    ("resident", ""),
-    ("chunked", "  chunk_events: 1000000\n"),
-    ("binned", "  statistics: binned\n"),
+/// One way of running the same pipeline.
+struct Mode {
+    name: &'static str,
+    /// Lines added to `selection:`.
+    selection: &'static str,
+    /// Lines added to `training:`.
+    training: &'static str,
+    /// `--memory-limit` in MiB.
+    budget: &'static str,
+}
+
+const MODES: [Mode; 5] = [
+    // An unbounded budget, so that gato does not switch to chunks itself.
+    Mode { name: "resident", selection: "", training: "", budget: "1e12" },
+    Mode {
+        name: "chunked",
+        selection: "",
+        training: "  chunk_events: 1000000\n",
+        budget: "4096",
+    },
+    Mode {
+        name: "binned",
+        selection: "",
+        training: "  statistics: binned\n",
+        budget: "4096",
+    },
+    Mode { name: "disk", selection: "  events: disk\n", training: "", budget: "1024" },
+    Mode {
+        name: "disk-binned",
+        selection: "  events: disk\n",
+        training: "  statistics: binned\n",
+        budget: "1024",
+    },
 ];
 
 fn gato() -> Command {
     Command::new(env!("CARGO_BIN_EXE_gato"))
 }
 
-fn pipeline_text(input: &Path, epochs: usize, mode: &str) -> String {
+fn pipeline_text(input: &Path, epochs: usize, mode: &Mode) -> String {
     let mut text = format!(
         "name: modes\nseed: 7\nsources:\n  mc:\n    files: [\"{}\"]\n    process_column: process\nprocesses:\n",
         input.display()
@@ -67,9 +112,10 @@ fn pipeline_text(input: &Path, epochs: usize, mode: &str) -> String {
     }
     text.push_str(&format!(
         "selection:\n  sql: SELECT score, weight FROM events\n  discriminants: [score]\n  \
-         weight: weight\nmodel:\n  kind: sigmoid\n  categories: [5]\nobjective:\n  \
+         weight: weight\n{}model:\n  kind: sigmoid\n  categories: [5]\nobjective:\n  \
          penalties:\n    low_background: {{ threshold: 10, weight: 1 }}\n\
-         training:\n  epochs: {epochs}\n{mode}"
+         training:\n  epochs: {epochs}\n{}",
+        mode.selection, mode.training
     ));
     text
 }
@@ -114,7 +160,7 @@ fn main() {
     let args = parse_args();
     let dir = tempfile::tempdir().expect("temporary directory");
     println!(
-        "{:>11} {:<9} {:>14} {:>10} {:>14} {:>10} {:>9}",
+        "{:>11} {:<11} {:>14} {:>10} {:>14} {:>10} {:>9}",
         "events",
         "mode",
         "select [ev/s]",
@@ -141,16 +187,14 @@ fn main() {
         assert!(status.success(), "gato generate failed");
         let mut zs = Vec::new();
         let mut applies = Vec::new();
-        for (name, mode) in MODES {
+        for mode in MODES.iter().filter(|m| args.modes.iter().any(|a| a == m.name)) {
+            let name = mode.name;
             let pipeline = dir.path().join(format!("{name}.yaml"));
             std::fs::write(&pipeline, pipeline_text(&input, args.epochs, mode))
                 .expect("write");
             let out: PathBuf = dir.path().join(format!("out_{n}_{name}"));
-            // The resident mode gets an unbounded memory budget, so that
-            // gato does not switch it to chunks on its own.
-            let budget = if name == "resident" { "1e12" } else { "4096" };
             let status = gato()
-                .args(["-q", "run", "--memory-limit", budget])
+                .args(["-q", "run", "--memory-limit", mode.budget])
                 .arg(&pipeline)
                 .arg("--out")
                 .arg(&out)
@@ -168,7 +212,7 @@ fn main() {
             zs.push(z);
             applies.push(number(&t["apply"]));
             println!(
-                "{:>11} {:<9} {:>14.3e} {:>10.3} {:>14.3e} {:>10.0} {:>9.4}",
+                "{:>11} {:<11} {:>14.3e} {:>10.3} {:>14.3e} {:>10.0} {:>9.4}",
                 n,
                 name,
                 n as f64 / number(&t["select"]),
@@ -181,7 +225,7 @@ fn main() {
         }
         let copy = copy_seconds(&input, &dir.path().join(format!("copy_{n}.parquet")));
         println!(
-            "{:>11} {:<9} DataFusion COPY of the input: {:.3e} ev/s; apply reaches {:.0} %",
+            "{:>11} {:<11} DataFusion COPY of the input: {:.3e} ev/s; apply reaches {:.0} %",
             n,
             "",
             n as f64 / copy,

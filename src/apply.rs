@@ -18,6 +18,7 @@ use crate::config::InputKind;
 use crate::error::{Error, Result};
 use crate::model::SavedModel;
 use crate::select::Events;
+use crate::store::EventSet;
 use crate::source::{BatchIter, Sources};
 
 /// Name of the appended column.
@@ -48,30 +49,21 @@ pub fn output_names(sources: &Sources) -> Vec<String> {
 
 /// Writes one categorised copy of every input into `dir`.
 ///
-/// `assign` gives the category of each selected event (in the order of
-/// `events`); rows the selection rejected get a null category.
+/// `assign` gives the categories of a chunk of `events`; rows the
+/// selection rejected get a null category. The categories go first, chunk
+/// by chunk, to one temporary file per input at the position of their row,
+/// and each input is then copied batch by batch with its categories read
+/// back in row order, so memory holds one chunk and one batch.
 pub fn apply(
     sources: &Sources,
-    events: &Events,
-    assign: &[u32],
+    events: &EventSet,
+    assign: impl Fn(&Events) -> Vec<u32>,
     dir: &Path,
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Error::output(dir, format!("cannot create directory: {e}")))?;
     let names = output_names(sources);
-    // Category per row of each input, -1 for rows the selection rejected,
-    // filled in one pass over the events.
-    let mut per_input: Vec<Vec<i32>> = vec![Vec::new(); names.len()];
-    for e in 0..events.len() {
-        let categories = &mut per_input[events.input[e] as usize];
-        let row = events.row[e] as usize;
-        if categories.len() <= row {
-            categories.resize(row + 1, -1);
-        }
-        categories[row] = assign[e] as i32;
-    }
-    let mut written = Vec::new();
-    for (index, (name, categories)) in names.iter().zip(per_input).enumerate() {
+    for (index, name) in names.iter().enumerate() {
         let path = dir.join(name);
         if let InputKind::File(input) = &sources.input(index).kind {
             let same = path
@@ -85,31 +77,139 @@ pub fn apply(
                 ));
             }
         }
-        write_input(sources, index, &categories, &path)?;
-        tracing::debug!(input = %sources.input(index).label(), staged = %path.display(), "wrote categories");
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix(".gato-categories-")
+        .tempdir_in(dir)
+        .map_err(|e| Error::output(dir, format!("cannot create a temporary directory: {e}")))?;
+    let mut files = (0..names.len())
+        .map(|i| CategoryFile::create(&scratch.path().join(format!("input{i}.bin"))))
+        .collect::<Result<Vec<_>>>()?;
+    events.for_each_chunk(|chunk| {
+        let categories = assign(chunk);
+        for (e, &category) in categories.iter().enumerate() {
+            files[chunk.input[e] as usize].put(chunk.row[e], category)?;
+        }
+        Ok(())
+    })?;
+    let mut written = Vec::new();
+    for (index, (name, file)) in names.iter().zip(files).enumerate() {
+        let path = dir.join(name);
+        let mut categories = file.into_reader()?;
+        let label = sources.input(index).label();
+        write_categorised(
+            sources.read(index)?,
+            &sources.raw_schema(index),
+            &label,
+            &path,
+            |batch, _| categories.next(batch.num_rows()),
+        )?;
+        tracing::debug!(input = %label, staged = %path.display(), "wrote categories");
         written.push(path);
     }
     Ok(written)
 }
 
-fn write_input(
-    sources: &Sources,
-    index: usize,
-    categories: &[i32],
-    path: &Path,
-) -> Result<()> {
-    let label = sources.input(index).label();
-    write_categorised(
-        sources.read(index)?,
-        &sources.raw_schema(index),
-        &label,
-        path,
-        |batch, row| {
-            Ok((row..row + batch.num_rows())
-                .map(|r| categories.get(r).copied().filter(|&c| c >= 0))
-                .collect())
-        },
-    )
+/// Category + 1 of each row of one input (0 for rows without one), as
+/// little-endian u32 at byte 4 × row of a temporary file.
+struct CategoryFile {
+    path: PathBuf,
+    file: std::fs::File,
+    /// First row of `pending`.
+    start: u64,
+    pending: Vec<u32>,
+}
+
+/// Rows with a category are written in runs; a gap shorter than this is
+/// filled with zeros instead of starting a new run.
+const MAX_GAP: u64 = 4096;
+
+impl CategoryFile {
+    fn create(path: &Path) -> Result<CategoryFile> {
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(|e| Error::output(path, format!("cannot create: {e}")))?;
+        Ok(CategoryFile { path: path.to_path_buf(), file, start: 0, pending: Vec::new() })
+    }
+
+    /// Records `category` for `row`; rows must rise within a run of calls.
+    fn put(&mut self, row: u64, category: u32) -> Result<()> {
+        let next = self.start + self.pending.len() as u64;
+        if self.pending.is_empty() {
+            self.start = row;
+        } else if row < next || row - next >= MAX_GAP {
+            self.flush()?;
+            self.start = row;
+        } else {
+            self.pending.extend(std::iter::repeat_n(0, (row - next) as usize));
+        }
+        self.pending.push(category + 1);
+        if self.pending.len() >= 1 << 20 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        use std::io::{Seek, SeekFrom, Write};
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = self.pending.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let io = |e: std::io::Error| {
+            Error::output(&self.path, format!("cannot write the categories: {e}"))
+        };
+        self.file.seek(SeekFrom::Start(self.start * 4)).map_err(io)?;
+        self.file.write_all(&bytes).map_err(io)?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn into_reader(mut self) -> Result<CategoryReader> {
+        use std::io::{Seek, SeekFrom};
+        self.flush()?;
+        self.file
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| Error::output(&self.path, format!("cannot read back: {e}")))?;
+        Ok(CategoryReader {
+            path: self.path,
+            reader: std::io::BufReader::with_capacity(1 << 20, self.file),
+        })
+    }
+}
+
+/// Reads a [`CategoryFile`] in row order; rows past its end have none.
+struct CategoryReader {
+    path: PathBuf,
+    reader: std::io::BufReader<std::fs::File>,
+}
+
+impl CategoryReader {
+    /// The categories of the next `rows` rows.
+    fn next(&mut self, rows: usize) -> Result<Int32Array> {
+        use std::io::Read;
+        let mut bytes = vec![0u8; rows * 4];
+        let mut filled = 0;
+        while filled < bytes.len() {
+            let n = self.reader.read(&mut bytes[filled..]).map_err(|e| {
+                Error::output(&self.path, format!("cannot read back the categories: {e}"))
+            })?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| {
+                let v = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                (v > 0).then(|| (v - 1) as i32)
+            })
+            .collect())
+    }
 }
 
 /// Writes every batch of `batches` with a `category` column appended to

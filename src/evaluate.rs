@@ -103,59 +103,110 @@ pub fn evaluate(
     edges: Option<&[f64]>,
     factors: Option<&[f64]>,
 ) -> CategoryTable {
-    let scaled = |p: usize| {
-        factors.is_some()
-            && pipeline.objective.reweight.as_ref().is_some_and(|r| r.scaled[p])
-    };
-    let signals = pipeline.signal_indices();
-    let backgrounds = pipeline.background_indices();
-    let mut yields = vec![vec![0.0f64; k]; pipeline.processes.len()];
-    let mut sumw2 = vec![0.0f64; k];
-    let mut counts = vec![0usize; k];
-    let mut background_counts = vec![0usize; k];
-    for (p, range) in events.process_ranges.iter().enumerate() {
-        let background = pipeline.processes[p].role == Role::Background;
-        let factors = factors.filter(|_| scaled(p));
-        let mut process_sumw2 = vec![0.0f64; if factors.is_some() { k } else { 0 }];
-        for i in range.clone() {
-            let c = assign[i] as usize;
-            let w = events.weight[i];
-            let w2 = events.weight2.as_ref().map_or(w * w, |w2| w2[i]);
-            let n = events.count.as_ref().map_or(1, |n| n[i] as usize);
-            yields[p][c] += w;
-            counts[c] += n;
-            if background {
-                match factors {
-                    Some(_) => process_sumw2[c] += w2,
-                    None => sumw2[c] += w2,
+    let mut yields = CategoryYields::new(pipeline, k);
+    yields.add(events, assign);
+    yields.table(pipeline, edges, factors)
+}
+
+/// The sums behind a [`CategoryTable`], added up chunk by chunk.
+#[derive(Debug, Clone)]
+pub struct CategoryYields {
+    k: usize,
+    /// Σw per process and category.
+    yields: Vec<Vec<f64>>,
+    /// Background Σw² per category, of processes without reweighting.
+    sumw2: Vec<f64>,
+    /// Σw² per category of each reweighted background process.
+    scaled_sumw2: Vec<Option<Vec<f64>>>,
+    counts: Vec<usize>,
+    background_counts: Vec<usize>,
+    background: Vec<bool>,
+}
+
+impl CategoryYields {
+    /// Starts empty sums over `k` categories.
+    pub fn new(pipeline: &Pipeline, k: usize) -> CategoryYields {
+        let n = pipeline.processes.len();
+        let scaled = |p: usize| {
+            pipeline.objective.reweight.as_ref().is_some_and(|r| r.scaled[p])
+        };
+        CategoryYields {
+            k,
+            yields: vec![vec![0.0; k]; n],
+            sumw2: vec![0.0; k],
+            scaled_sumw2: (0..n).map(|p| scaled(p).then(|| vec![0.0; k])).collect(),
+            counts: vec![0; k],
+            background_counts: vec![0; k],
+            background: pipeline
+                .processes
+                .iter()
+                .map(|p| p.role == Role::Background)
+                .collect(),
+        }
+    }
+
+    /// Adds `events` in the categories `assign` (one per event, each < k).
+    pub fn add(&mut self, events: &Events, assign: &[u32]) {
+        for (p, range) in events.process_ranges.iter().enumerate() {
+            let background = self.background[p];
+            for i in range.clone() {
+                let c = assign[i] as usize;
+                let w = events.weight[i];
+                let w2 = events.weight2.as_ref().map_or(w * w, |w2| w2[i]);
+                let n = events.count.as_ref().map_or(1, |n| n[i] as usize);
+                self.yields[p][c] += w;
+                self.counts[c] += n;
+                if background {
+                    match self.scaled_sumw2[p].as_mut() {
+                        Some(process) => process[c] += w2,
+                        None => self.sumw2[c] += w2,
+                    }
+                    self.background_counts[c] += n;
                 }
-                background_counts[c] += n;
             }
         }
-        if let Some(f) = factors {
+    }
+
+    /// The table; `factors` (one per category) scale the yields, and their
+    /// squares the Σw², of the background processes named in
+    /// `objective.background_reweight`; `None` scales nothing.
+    pub fn table(
+        &self,
+        pipeline: &Pipeline,
+        edges: Option<&[f64]>,
+        factors: Option<&[f64]>,
+    ) -> CategoryTable {
+        let k = self.k;
+        let mut yields = self.yields.clone();
+        let mut sumw2 = self.sumw2.clone();
+        for (p, process) in self.scaled_sumw2.iter().enumerate() {
+            let Some(process) = process else { continue };
             for c in 0..k {
-                yields[p][c] *= f[c];
-                sumw2[c] += process_sumw2[c] * f[c] * f[c];
+                let f = factors.map_or(1.0, |f| f[c]);
+                yields[p][c] *= f;
+                sumw2[c] += process[c] * f * f;
             }
         }
+        let signals = pipeline.signal_indices();
+        let backgrounds = pipeline.background_indices();
+        let mut table = table_from_yields(
+            &pipeline.objective,
+            &yields,
+            &sumw2,
+            &self.counts,
+            &signals,
+            &backgrounds,
+            edges,
+        );
+        for (row, &n) in table.categories.iter_mut().zip(&self.background_counts) {
+            row.background_events = n;
+            row.background_factor = factors.map(|f| f[row.category]);
+        }
+        let name = |p: &usize| pipeline.processes[*p].name.clone();
+        table.signal_processes = signals.iter().map(name).collect();
+        table.background_processes = backgrounds.iter().map(name).collect();
+        table
     }
-    let mut table = table_from_yields(
-        &pipeline.objective,
-        &yields,
-        &sumw2,
-        &counts,
-        &signals,
-        &backgrounds,
-        edges,
-    );
-    for (row, n) in table.categories.iter_mut().zip(background_counts) {
-        row.background_events = n;
-        row.background_factor = factors.map(|f| f[row.category]);
-    }
-    let name = |p: &usize| pipeline.processes[*p].name.clone();
-    table.signal_processes = signals.iter().map(name).collect();
-    table.background_processes = backgrounds.iter().map(name).collect();
-    table
 }
 
 /// Builds the table from per-process yields [process][category].
@@ -288,23 +339,53 @@ pub fn dp_optimum(
     if signals.len() != 1 || events.discriminants.len() != 1 {
         return None;
     }
-    let (low, high) = pipeline.model.ranges[0];
-    let mut s = vec![0.0f64; bins];
-    let mut b = vec![0.0f64; bins];
-    for (p, range) in events.process_ranges.iter().enumerate() {
-        let is_signal = pipeline.processes[p].role == Role::Signal;
-        for i in range.clone() {
-            let x = events.discriminants[0][i];
-            let bin = (((x - low) / (high - low)) * bins as f64)
-                .floor()
-                .clamp(0.0, (bins - 1) as f64) as usize;
-            if is_signal {
-                s[bin] += events.weight[i];
-            } else {
-                b[bin] += events.weight[i];
+    let mut histogram = DpHistogram::new(pipeline, bins);
+    histogram.add(pipeline, events);
+    histogram.optimum(pipeline, k)
+}
+
+/// Signal and background Σw in the fine bins of [`dp_optimum`], added up
+/// chunk by chunk.
+#[derive(Debug, Clone)]
+pub struct DpHistogram {
+    s: Vec<f64>,
+    b: Vec<f64>,
+}
+
+impl DpHistogram {
+    /// Empty bins on the model range of the single discriminant.
+    pub fn new(_pipeline: &Pipeline, bins: usize) -> DpHistogram {
+        DpHistogram { s: vec![0.0; bins], b: vec![0.0; bins] }
+    }
+
+    /// Adds a chunk of events of one discriminant.
+    pub fn add(&mut self, pipeline: &Pipeline, events: &Events) {
+        let (low, high) = pipeline.model.ranges[0];
+        let bins = self.s.len();
+        for (p, range) in events.process_ranges.iter().enumerate() {
+            let is_signal = pipeline.processes[p].role == Role::Signal;
+            for i in range.clone() {
+                let x = events.discriminants[0][i];
+                let bin = (((x - low) / (high - low)) * bins as f64)
+                    .floor()
+                    .clamp(0.0, (bins - 1) as f64) as usize;
+                if is_signal {
+                    self.s[bin] += events.weight[i];
+                } else {
+                    self.b[bin] += events.weight[i];
+                }
             }
         }
     }
+
+    /// The best partition into `k` groups of bins, as [`dp_optimum`].
+    pub fn optimum(&self, pipeline: &Pipeline, k: usize) -> Option<DpOptimum> {
+    if pipeline.signal_indices().len() != 1 || pipeline.model.ranges.len() != 1 {
+        return None;
+    }
+    let (low, high) = pipeline.model.ranges[0];
+    let bins = self.s.len();
+    let (s, b) = (&self.s, &self.b);
     let prefix = |v: &[f64]| -> Vec<f64> {
         let mut out = vec![0.0; v.len() + 1];
         for i in 0..v.len() {
@@ -358,6 +439,7 @@ pub fn dp_optimum(
         cuts.iter().map(|&i| low + (high - low) * i as f64 / bins as f64).collect();
     Some(DpOptimum { bins, edges, z: best[k][bins].sqrt() })
 }
+}
 
 /// The argmax baseline of a softmax classifier.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -387,10 +469,39 @@ pub fn argmax_baseline(
     k: usize,
     low: f64,
 ) -> ArgmaxBaseline {
+    let mut yields = ArgmaxYields::new(pipeline, k, low);
+    yields.add(pipeline, events);
+    yields.baseline(pipeline)
+}
+
+/// The yields behind an [`ArgmaxBaseline`], added up chunk by chunk.
+#[derive(Debug, Clone)]
+pub struct ArgmaxYields {
+    low: f64,
+    k: usize,
+    /// Σw of signal i in bin b of its own class, [i][b].
+    signal_yield: Vec<Vec<f64>>,
+    /// Σw of everything else in those bins.
+    other_yield: Vec<Vec<f64>>,
+}
+
+impl ArgmaxYields {
+    /// Empty yields with `k` bins per signal on `[low, 1]`.
+    pub fn new(pipeline: &Pipeline, k: usize, low: f64) -> ArgmaxYields {
+        let n = pipeline.signal_indices().len();
+        ArgmaxYields {
+            low,
+            k,
+            signal_yield: vec![vec![0.0; k]; n],
+            other_yield: vec![vec![0.0; k]; n],
+        }
+    }
+
+    /// Adds a chunk of events.
+    pub fn add(&mut self, pipeline: &Pipeline, events: &Events) {
+    let (low, k) = (self.low, self.k);
     let signals = pipeline.signal_indices();
     let n = signals.len();
-    let mut signal_yield = vec![vec![0.0f64; k]; n];
-    let mut other_yield = vec![vec![0.0f64; k]; n];
     // In a resonance search, only events inside the mass window count.
     let window = pipeline.objective.sideband.as_ref().map(|s| s.window);
     let outside = |e: usize| match (window, events.mass.as_ref()) {
@@ -415,12 +526,19 @@ pub fn argmax_baseline(
             let bin = (((top - low) / (1.0 - low)) * k as f64).floor().min((k - 1) as f64)
                 as usize;
             if own == Some(class) {
-                signal_yield[class][bin] += events.weight[e];
+                self.signal_yield[class][bin] += events.weight[e];
             } else {
-                other_yield[class][bin] += events.weight[e];
+                self.other_yield[class][bin] += events.weight[e];
             }
         }
     }
+    }
+
+    /// The baseline from the yields added so far.
+    pub fn baseline(&self, pipeline: &Pipeline) -> ArgmaxBaseline {
+    let (low, k) = (self.low, self.k);
+    let n = self.signal_yield.len();
+    let (signal_yield, other_yield) = (&self.signal_yield, &self.other_yield);
     let kind = pipeline.objective.significance;
     let z_per_signal: Vec<f64> = (0..n)
         .map(|i| {
@@ -432,4 +550,5 @@ pub fn argmax_baseline(
         .collect();
     let z = combine_signals(&pipeline.objective, &z_per_signal);
     ArgmaxBaseline { low, z_per_signal, z }
+}
 }

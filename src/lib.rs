@@ -29,6 +29,7 @@ pub mod select;
 pub mod sideband;
 pub mod significance;
 pub mod source;
+pub mod store;
 pub mod toy;
 
 pub use burn;

@@ -31,6 +31,9 @@ pub struct Summary {
     pub seed: u64,
     /// Training device (`cpu` or `cuda:N`).
     pub device: String,
+    /// Where the selected events were kept: `memory` or `disk`.
+    #[serde(default)]
+    pub event_storage: String,
     /// Selected events per process.
     pub processes: Vec<ProcessSummary>,
     /// One entry per number of categories.

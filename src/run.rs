@@ -12,10 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{ModelKind, Pipeline, Role};
+use crate::config::{EventStorage, ModelKind, Pipeline, Role};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
-use crate::evaluate::{dp_optimum, equidistant_edges, evaluate};
+use crate::evaluate::{ArgmaxYields, CategoryYields, DpHistogram, equidistant_edges};
 use crate::model::{CategoryModel, GaussianMixture, SigmoidCuts, SigmoidGrid};
 use crate::objective::EventTensors;
 use crate::optimize::{TrainOutcome, Trainer};
@@ -24,7 +24,8 @@ use crate::report::{
     RunSummary, SidebandSummary, Summary, Timings, format_comparison, format_run,
     write_history,
 };
-use crate::select::Events;
+use crate::select::{Binner, Events, Keep};
+use crate::store::EventSet;
 use crate::source::Sources;
 
 /// The CPU training backend: burn-ndarray in float64 with autodiff.
@@ -43,8 +44,9 @@ pub struct RunOptions {
     pub print: bool,
     /// Training device; the pipeline's `device` when `None`.
     pub device: Option<DeviceChoice>,
-    /// Memory budget in MiB that decides between the one-pass and the
-    /// two-pass gradient when `training.chunk_events` is not set; half the
+    /// Memory budget in MiB that decides where the selected events are kept
+    /// (`selection.events: auto`) and, when `training.chunk_events` is not
+    /// set, between the one-pass and the two-pass gradient; half the
     /// machine's memory when `None`.
     pub memory_limit_mib: Option<f64>,
 }
@@ -71,6 +73,44 @@ pub fn chunk_for_memory(
         return None;
     }
     Some(((budget / per_event) as usize).max(10_000))
+}
+
+/// Bytes per selected event kept in memory: the selected columns twice
+/// (DataFusion's sort and gato's copy) and the resident training tensors.
+fn memory_bytes_per_event(dims: usize, mass: bool) -> f64 {
+    let columns = 8.0 * (dims + 1 + usize::from(mass)) as f64 + 16.0;
+    2.0 * columns + 8.0 * (dims + 2) as f64
+}
+
+/// Largest chunk of events on disk.
+const MAX_DISK_CHUNK: usize = 1 << 20;
+
+/// Where the selection keeps the events of `rows` input rows under a
+/// memory budget of `limit_mib`: `selection.events`, or for `auto` on disk
+/// when keeping them in memory would take more than half the budget (never
+/// with a sideband fit, which needs them in memory). Chunks on disk have
+/// `training.chunk_events` events, or as many as the gradient graph of a
+/// chunk fits in half the budget.
+pub fn keep_for(pipeline: &Pipeline, rows: u64, k: usize, limit_mib: f64) -> Keep {
+    let dims = pipeline.selection.discriminants.len();
+    let per_event = memory_bytes_per_event(dims, pipeline.selection.mass.is_some());
+    let budget = limit_mib * 1024.0 * 1024.0;
+    let disk = match pipeline.selection.events {
+        EventStorage::Memory => false,
+        EventStorage::Disk => true,
+        EventStorage::Auto => {
+            pipeline.objective.sideband.is_none() && rows as f64 * per_event > budget / 2.0
+        }
+    };
+    if !disk {
+        return Keep::Memory;
+    }
+    let chunk = pipeline.training.chunk_events.unwrap_or_else(|| {
+        chunk_for_memory(usize::MAX, k, dims, limit_mib)
+            .unwrap_or(MAX_DISK_CHUNK)
+            .min(MAX_DISK_CHUNK)
+    });
+    Keep::Disk { chunk, sort_bytes: ((budget / 4.0) as usize).max(64 << 20) }
 }
 
 /// Half of the machine's memory in MiB (from /proc/meminfo), or 4096 where
@@ -118,19 +158,38 @@ async fn run_checked(
     crate::device::check(device)?;
 
     let sources = Sources::open(pipeline)?;
+    let limit = options.memory_limit_mib.unwrap_or_else(default_memory_limit_mib);
+    let largest_k = pipeline
+        .model
+        .bins
+        .iter()
+        .map(|b| b.iter().product::<usize>())
+        .max()
+        .unwrap_or(2);
+    let keep = keep_for(pipeline, sources.rows(), largest_k, limit);
+    if let Keep::Disk { chunk, .. } = keep {
+        tracing::info!(
+            rows = sources.rows(),
+            chunk,
+            limit_mib = limit,
+            "keeping the selected events on disk"
+        );
+    }
     let reading = spinner(
         options.progress,
         "selecting events: {human_pos} events ({per_sec}, {elapsed})",
     );
     let mut events =
-        crate::select::select_with_progress(pipeline, &sources, &reading).await?;
+        crate::select::select_into(pipeline, &sources, keep, &reading).await?;
     // The plots show every selected event, signal outside the window too.
-    let histograms = crate::plot::Histograms::new(pipeline, &events);
-    count_signal_in_window(pipeline, &mut events);
+    let histograms = crate::plot::Histograms::new(pipeline, &events)?;
+    if let EventSet::Memory(events) = &mut events {
+        count_signal_in_window(pipeline, events);
+    }
     let mut timings =
         Timings { select: started.elapsed().as_secs_f64(), ..Timings::default() };
-    let processes = process_summaries(pipeline, &events);
-    warn_outside_range(pipeline, &events);
+    let processes = process_summaries(pipeline, &events)?;
+    warn_outside_range(pipeline, &events)?;
     for p in &processes {
         tracing::info!(process = %p.name, role = %p.role, events = p.events, event_yield = p.event_yield, "selected");
     }
@@ -153,31 +212,35 @@ async fn run_checked(
         .map_err(|e| Error::output(&staging, format!("cannot create directory: {e}")))?;
     histograms.write(&staging.join("histograms.json"))?;
     // Binned statistics: epochs sum over filled cells instead of events.
-    let binned = pipeline.training.statistics_bins.map(|bins| {
-        let binned = events.binned(&pipeline.model.ranges, bins);
-        tracing::info!(
-            events = events.len(),
-            cells = binned.len(),
-            bins,
-            "binned the events for training"
-        );
-        binned
-    });
+    let binned = match pipeline.training.statistics_bins {
+        Some(bins) => {
+            let mut binner =
+                Binner::new(&pipeline.model.ranges, bins, pipeline.processes.len());
+            events.for_each_chunk(|chunk| {
+                binner.add(chunk);
+                Ok(())
+            })?;
+            let binned = binner.finish();
+            tracing::info!(
+                events = events.len(),
+                cells = binned.len(),
+                bins,
+                "binned the events for training"
+            );
+            Some(EventSet::Memory(binned))
+        }
+        None => None,
+    };
     let train_events = binned.as_ref().unwrap_or(&events);
     // Without `training.chunk_events`, the memory budget decides whether
-    // the gradient takes one pass or two passes over chunks.
+    // the gradient takes one pass or two passes over chunks. Events on
+    // disk take two passes over their chunks.
     let mut tuned = pipeline.clone();
     if tuned.training.chunk_events.is_none() {
-        let limit = options.memory_limit_mib.unwrap_or_else(default_memory_limit_mib);
-        let k = pipeline
-            .model
-            .bins
-            .iter()
-            .map(|b| b.iter().product::<usize>())
-            .max()
-            .unwrap_or(2);
-        tuned.training.chunk_events =
-            chunk_for_memory(train_events.len(), k, events.discriminants.len(), limit);
+        tuned.training.chunk_events = match (keep, train_events) {
+            (Keep::Disk { chunk, .. }, EventSet::Disk(_)) => Some(chunk),
+            _ => chunk_for_memory(train_events.len(), largest_k, events.dims(), limit),
+        };
         if let Some(chunk) = tuned.training.chunk_events {
             tracing::info!(
                 chunk,
@@ -192,30 +255,26 @@ async fn run_checked(
     let cuda_tensors;
     let engine = match device {
         DeviceChoice::Cpu => {
-            cpu_tensors = EventTensors::<CpuBackend>::new(
-                train_events,
-                pipeline,
-                &Default::default(),
-            );
+            cpu_tensors = train_events.in_memory().map(|events| {
+                EventTensors::<CpuBackend>::new(events, pipeline, &Default::default())
+            });
             Engine::Cpu(Trainer {
                 pipeline,
                 events: train_events,
-                tensors: &cpu_tensors,
+                tensors: cpu_tensors.as_ref(),
                 device: Default::default(),
             })
         }
         #[cfg(feature = "cuda")]
         DeviceChoice::Cuda(index) => {
             let cuda = burn_cuda::CudaDevice::new(index);
-            cuda_tensors = EventTensors::<crate::device::CudaBackend>::new(
-                train_events,
-                pipeline,
-                &cuda,
-            );
+            cuda_tensors = train_events.in_memory().map(|events| {
+                EventTensors::<crate::device::CudaBackend>::new(events, pipeline, &cuda)
+            });
             Engine::Cuda(Trainer {
                 pipeline,
                 events: train_events,
-                tensors: &cuda_tensors,
+                tensors: cuda_tensors.as_ref(),
                 device: cuda,
             })
         }
@@ -269,7 +328,7 @@ async fn run_checked(
         let best_restart = best_restart(&restarts);
         let mut outcome = outcomes[best_restart].clone();
         let trained_z = outcome.history[outcome.kept_epoch].hard_z;
-        let refined = refine(pipeline, &events, &model, &mut outcome);
+        let refined = refine(pipeline, &events, &model, &mut outcome)?;
         let mut run =
             evaluate_run(pipeline, &events, &model, &outcome, k, name, training_s)?;
         run.trained_z = trained_z;
@@ -297,13 +356,17 @@ async fn run_checked(
         run.model_file = output.join(&run.name).join("model.json").display().to_string();
 
         let apply_started = Instant::now();
-        let assign = model.assign(&outcome.params, &events.discriminants);
         let writing = spinner(
             options.progress,
             &format!("{}: writing the categorised inputs ({{elapsed}})", run.name),
         );
         let written = tokio::task::block_in_place(|| {
-            crate::apply::apply(&sources, &events, &assign, &run_dir)
+            crate::apply::apply(
+                &sources,
+                &events,
+                |chunk| model.assign(&outcome.params, &chunk.discriminants),
+                &run_dir,
+            )
         });
         writing.finish_and_clear();
         let written = written?;
@@ -337,6 +400,10 @@ async fn run_checked(
         pipeline_text: pipeline.text.clone(),
         seed: pipeline.seed,
         device: device.to_string(),
+        event_storage: match events {
+            EventSet::Memory(_) => "memory".into(),
+            EventSet::Disk(_) => "disk".into(),
+        },
         processes,
         runs,
         penalties: Penalties {
@@ -460,19 +527,11 @@ fn train_restarts<B: burn::tensor::backend::AutodiffBackend>(
     pipeline: &Pipeline,
     trainer: &Trainer<'_, B>,
     model: &CategoryModel,
-    events: &Events,
+    events: &EventSet,
     name: &str,
     progress: bool,
 ) -> Result<(Vec<TrainOutcome>, Vec<RestartSummary>)> {
-    let signal: Vec<(f64, f64)> = events
-        .process_ranges
-        .iter()
-        .enumerate()
-        .filter(|(p, _)| pipeline.processes[*p].role == Role::Signal)
-        .flat_map(|(_, r)| {
-            r.clone().map(|i| (events.discriminants[0][i], events.weight[i]))
-        })
-        .collect();
+    let signal = signal_points(pipeline, events)?;
     let mut outcomes = Vec::new();
     let mut summaries = Vec::new();
     for restart in 0..pipeline.training.restarts {
@@ -493,6 +552,7 @@ fn train_restarts<B: burn::tensor::backend::AutodiffBackend>(
             if epoch % spec.every != 0 {
                 return None;
             }
+            let events = events.in_memory()?;
             Some(crate::sideband::category_factors(pipeline, events, assign, k, spec))
         };
         let outcome = trainer.train_with(model, init, &mut update, &mut |record| {
@@ -519,6 +579,47 @@ fn train_restarts<B: burn::tensor::backend::AutodiffBackend>(
     Ok((outcomes, summaries))
 }
 
+/// Bins of the first discriminant that stand in for the signal events on
+/// disk when the model's starting point is drawn.
+const SIGNAL_POINT_BINS: usize = 20_000;
+
+/// Bins that stand in for the events on disk in the refinement of 1D cuts.
+const REFINE_BINS: usize = 100_000;
+
+/// Fine 1D binned statistics of the first discriminant.
+fn binned_first(pipeline: &Pipeline, events: &EventSet, bins: usize) -> Result<Events> {
+    let mut binner =
+        Binner::new(&pipeline.model.ranges[..1], bins, pipeline.processes.len());
+    events.for_each_chunk(|chunk| {
+        binner.add(chunk);
+        Ok(())
+    })?;
+    Ok(binner.finish())
+}
+
+/// (first discriminant, weight) of the signal events, from which the GMM
+/// draws its starting means: every event in memory, or for events on disk
+/// the filled cells of [`SIGNAL_POINT_BINS`] bins at their mean position.
+fn signal_points(pipeline: &Pipeline, events: &EventSet) -> Result<Vec<(f64, f64)>> {
+    let binned;
+    let events = match events.in_memory() {
+        Some(events) => events,
+        None => {
+            binned = binned_first(pipeline, events, SIGNAL_POINT_BINS)?;
+            &binned
+        }
+    };
+    Ok(events
+        .process_ranges
+        .iter()
+        .enumerate()
+        .filter(|(p, _)| pipeline.processes[*p].role == Role::Signal)
+        .flat_map(|(_, r)| {
+            r.clone().map(|i| (events.discriminants[0][i], events.weight[i]))
+        })
+        .collect())
+}
+
 fn best_restart(restarts: &[RestartSummary]) -> usize {
     let mut best = 0;
     for (i, r) in restarts.iter().enumerate() {
@@ -531,32 +632,44 @@ fn best_restart(restarts: &[RestartSummary]) -> usize {
 
 /// Refines 1D sigmoid cuts on the exact hard significance if
 /// `training.refine` is set, and returns whether the cuts were refined.
+///
+/// Events on disk are refined on the filled cells of [`REFINE_BINS`] bins,
+/// so the cuts move between cell positions instead of between events.
 fn refine(
     pipeline: &Pipeline,
-    events: &Events,
+    events: &EventSet,
     model: &CategoryModel,
     outcome: &mut TrainOutcome,
-) -> bool {
+) -> Result<bool> {
     let CategoryModel::Sigmoid(cuts_model) = model else {
-        return false;
+        return Ok(false);
     };
     // The refinement counts background without the reweighting factors.
     if !pipeline.training.refine || pipeline.objective.reweight.is_some() {
-        return false;
+        return Ok(false);
     }
+    let binned;
+    let events = match events.in_memory() {
+        Some(events) => events,
+        None if events.dims() == 1 => {
+            binned = binned_first(pipeline, events, REFINE_BINS)?;
+            &binned
+        }
+        None => return Ok(false),
+    };
     let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, events) else {
-        return false;
+        return Ok(false);
     };
     let mut cuts = cuts_model.boundaries(&outcome.params);
     sorted.refine(&mut cuts, cuts_model.low, cuts_model.high);
     outcome.params.values[0] = cuts_model.raw_from_boundaries(&cuts);
-    true
+    Ok(true)
 }
 
 /// Evaluates the kept parameters exactly, with the baselines.
 fn evaluate_run(
     pipeline: &Pipeline,
-    events: &Events,
+    events: &EventSet,
     model: &CategoryModel,
     outcome: &TrainOutcome,
     k: usize,
@@ -574,38 +687,32 @@ fn evaluate_run(
         e.push(hi);
         e
     });
-    let assign = model.assign(&outcome.params, &events.discriminants);
-    // With a sideband fit, the final categories get their own fits.
-    let sideband = pipeline.objective.sideband.as_ref().map(|spec| SidebandSummary {
-        window: [spec.window.0, spec.window.1],
-        range: [spec.range.0, spec.range.1],
-        edges: crate::sideband::spectrum_edges(spec),
-        categories: crate::sideband::category_spectra(pipeline, events, &assign, k, spec),
-    });
-    let factors = match &sideband {
-        Some(s) => Some(s.categories.iter().map(|c| c.factor).collect::<Vec<_>>()),
-        None => outcome.factors.clone(),
-    };
-    let mut table =
-        evaluate(pipeline, events, &assign, k, edges.as_deref(), factors.as_deref());
-    if let CategoryModel::Grid(grid) = model {
-        for (row, cell) in table.categories.iter_mut().zip(grid.cells(&outcome.params)) {
-            row.cell = Some(cell);
-        }
-    }
-
     // Equal bins per discriminant: for one discriminant, or for the grid of
     // a sigmoid model with the same bins per discriminant.
-    let equidistant = match model {
-        CategoryModel::Grid(grid) => {
-            let edges: Vec<Vec<f64>> = grid
-                .axes
+    let grid_edges: Option<Vec<Vec<f64>>> = match model {
+        CategoryModel::Grid(grid) => Some(
+            grid.axes
                 .iter()
                 .map(|a| equidistant_edges(a.categories, a.low, a.high))
-                .collect();
-            let mut assign = vec![0u32; events.len()];
+                .collect(),
+        ),
+        _ => None,
+    };
+    let equal_edges = (grid_edges.is_none() && events.dims() == 1)
+        .then(|| equidistant_edges(k, lo, hi));
+    // One pass over the events fills every table and baseline.
+    let mut learnt = CategoryYields::new(pipeline, k);
+    let mut equal = CategoryYields::new(pipeline, k);
+    let mut dp = (events.dims() == 1 && pipeline.signal_indices().len() == 1)
+        .then(|| DpHistogram::new(pipeline, pipeline.evaluation.dp_bins));
+    let mut argmax =
+        pipeline.evaluation.argmax_low.map(|low| ArgmaxYields::new(pipeline, k, low));
+    events.for_each_chunk(|chunk| {
+        learnt.add(chunk, &model.assign(&outcome.params, &chunk.discriminants));
+        if let (CategoryModel::Grid(grid), Some(edges)) = (model, &grid_edges) {
+            let mut assign = vec![0u32; chunk.len()];
             for ((axis, e), values) in
-                grid.axes.iter().zip(&edges).zip(&events.discriminants)
+                grid.axes.iter().zip(edges).zip(&chunk.discriminants)
             {
                 let inner = &e[1..axis.categories];
                 for (c, &x) in assign.iter_mut().zip(values) {
@@ -613,36 +720,75 @@ fn evaluate_run(
                         *c * axis.categories as u32 + crate::model::category_of(inner, x);
                 }
             }
-            let t = evaluate(pipeline, events, &assign, k, None, None);
+            equal.add(chunk, &assign);
+        } else if let Some(edges) = &equal_edges {
+            let assign: Vec<u32> = chunk.discriminants[0]
+                .iter()
+                .map(|&x| crate::model::category_of(&edges[1..k], x))
+                .collect();
+            equal.add(chunk, &assign);
+        }
+        if let Some(dp) = dp.as_mut() {
+            dp.add(pipeline, chunk);
+        }
+        if let Some(argmax) = argmax.as_mut() {
+            argmax.add(pipeline, chunk);
+        }
+        Ok(())
+    })?;
+    // With a sideband fit, the final categories get their own fits.
+    let sideband = match (&pipeline.objective.sideband, events.in_memory()) {
+        (None, _) => None,
+        (Some(spec), Some(events)) => {
+            let assign = model.assign(&outcome.params, &events.discriminants);
+            Some(SidebandSummary {
+                window: [spec.window.0, spec.window.1],
+                range: [spec.range.0, spec.range.1],
+                edges: crate::sideband::spectrum_edges(spec),
+                categories: crate::sideband::category_spectra(
+                    pipeline, events, &assign, k, spec,
+                ),
+            })
+        }
+        (Some(_), None) => {
+            return Err(Error::Internal("a sideband fit with the events on disk".into()));
+        }
+    };
+    let factors = match &sideband {
+        Some(s) => Some(s.categories.iter().map(|c| c.factor).collect::<Vec<_>>()),
+        None => outcome.factors.clone(),
+    };
+    let mut table = learnt.table(pipeline, edges.as_deref(), factors.as_deref());
+    if let CategoryModel::Grid(grid) = model {
+        for (row, cell) in table.categories.iter_mut().zip(grid.cells(&outcome.params)) {
+            row.cell = Some(cell);
+        }
+    }
+    let equidistant = match (grid_edges, equal_edges) {
+        (Some(grid_edges), _) => {
+            let t = equal.table(pipeline, None, None);
             Baseline {
                 edges: Vec::new(),
-                grid_edges: Some(edges),
+                grid_edges: Some(grid_edges),
                 z: t.z,
                 z_per_signal: t.z_per_signal,
             }
         }
-        _ if events.discriminants.len() == 1 => {
-            let edges = equidistant_edges(k, lo, hi);
-            let assign: Vec<u32> = events.discriminants[0]
-                .iter()
-                .map(|&x| crate::model::category_of(&edges[1..k], x))
-                .collect();
-            let t = evaluate(pipeline, events, &assign, k, Some(&edges), None);
+        (None, Some(edges)) => {
+            let t = equal.table(pipeline, Some(&edges), None);
             Baseline { edges, grid_edges: None, z: t.z, z_per_signal: t.z_per_signal }
         }
-        _ => Baseline {
+        (None, None) => Baseline {
             edges: Vec::new(),
             grid_edges: None,
             z: f64::NAN,
             z_per_signal: Vec::new(),
         },
     };
-    let dp = dp_optimum(pipeline, events, k, pipeline.evaluation.dp_bins)
+    let dp = dp
+        .and_then(|dp| dp.optimum(pipeline, k))
         .map(|optimum| DpSummary { gap: (optimum.z - table.z) / optimum.z, optimum });
-    let argmax = pipeline
-        .evaluation
-        .argmax_low
-        .map(|low| crate::evaluate::argmax_baseline(pipeline, events, k, low));
+    let argmax = argmax.map(|a| a.baseline(pipeline));
     let soft_hard_bias =
         if table.z > 0.0 { (outcome.soft_z - table.z) / table.z } else { f64::NAN };
     Ok(RunSummary {
@@ -686,9 +832,9 @@ fn evaluate_run(
     })
 }
 
-fn process_summaries(pipeline: &Pipeline, events: &Events) -> Vec<ProcessSummary> {
-    let yields = events.process_yields();
-    pipeline
+fn process_summaries(pipeline: &Pipeline, events: &EventSet) -> Result<Vec<ProcessSummary>> {
+    let yields = events.process_yields()?;
+    Ok(pipeline
         .processes
         .iter()
         .enumerate()
@@ -698,10 +844,10 @@ fn process_summaries(pipeline: &Pipeline, events: &Events) -> Vec<ProcessSummary
                 Role::Signal => "signal".into(),
                 Role::Background => "background".into(),
             },
-            events: events.process_ranges[i].len(),
+            events: events.process_ranges()[i].len(),
             event_yield: yields[i],
         })
-        .collect()
+        .collect())
 }
 
 /// Number of background MC events in a category below which a warning
@@ -770,10 +916,19 @@ fn warn_about_categories(run: &RunSummary) {
 
 /// Warns when events fall outside the model range: they count in the
 /// first or last category.
-fn warn_outside_range(pipeline: &Pipeline, events: &Events) {
-    let names = pipeline.selection.discriminants.iter().zip(&pipeline.model.ranges);
-    for ((name, &(lo, hi)), values) in names.zip(&events.discriminants) {
-        let outside = values.iter().filter(|&&x| x < lo || x > hi).count();
+fn warn_outside_range(pipeline: &Pipeline, events: &EventSet) -> Result<()> {
+    let ranges = &pipeline.model.ranges;
+    let mut outside = vec![0usize; ranges.len()];
+    events.for_each_chunk(|chunk| {
+        for ((count, &(lo, hi)), values) in
+            outside.iter_mut().zip(ranges).zip(&chunk.discriminants)
+        {
+            *count += values.iter().filter(|&&x| x < lo || x > hi).count();
+        }
+        Ok(())
+    })?;
+    let names = pipeline.selection.discriminants.iter().zip(ranges);
+    for ((name, &(lo, hi)), &outside) in names.zip(&outside) {
         if outside > 0 {
             tracing::warn!(
                 "{outside} selected events have `{name}` outside the range [{lo}, {hi}]; \
@@ -782,6 +937,7 @@ fn warn_outside_range(pipeline: &Pipeline, events: &Events) {
             );
         }
     }
+    Ok(())
 }
 
 /// Moves the staged runs into `output`, writes summary.json, and removes

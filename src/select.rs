@@ -22,6 +22,7 @@ use futures::StreamExt;
 
 use crate::config::{NonFinitePolicy, Pipeline, Role};
 use crate::error::{Error, Result};
+use crate::store::EventSet;
 use crate::source::{
     HIDDEN_COLUMNS, INPUT_COLUMN, PROCESS_INDEX_COLUMN, ROW_COLUMN, Sources,
 };
@@ -71,70 +72,9 @@ impl Events {
     /// result depends only on the events. The entries carry no input, row
     /// or mass.
     pub fn binned(&self, ranges: &[(f64, f64)], bins: usize) -> Events {
-        let dims = self.discriminants.len();
-        let cells = bins.pow(dims as u32);
-        let mut out = Events {
-            discriminants: vec![Vec::new(); dims],
-            weight: Vec::new(),
-            process: Vec::new(),
-            input: Vec::new(),
-            row: Vec::new(),
-            process_ranges: Vec::with_capacity(self.process_ranges.len()),
-            mass: None,
-            weight2: Some(Vec::new()),
-            count: Some(Vec::new()),
-        };
-        // Per cell: Σw, Σw², count and the sum of each coordinate.
-        let mut sumw = vec![0.0f64; cells];
-        let mut sumw2 = vec![0.0f64; cells];
-        let mut count = vec![0u32; cells];
-        let mut position = vec![0.0f64; cells * dims];
-        for (p, range) in self.process_ranges.iter().enumerate() {
-            sumw.fill(0.0);
-            sumw2.fill(0.0);
-            count.fill(0);
-            position.fill(0.0);
-            for i in range.clone() {
-                let mut cell = 0;
-                for d in (0..dims).rev() {
-                    let (lo, hi) = ranges[d];
-                    let t = ((self.discriminants[d][i] - lo) / (hi - lo) * bins as f64)
-                        .floor();
-                    let bin = if t.is_nan() || t < 0.0 {
-                        0
-                    } else {
-                        (t as usize).min(bins - 1)
-                    };
-                    cell = cell * bins + bin;
-                }
-                let w = self.weight[i];
-                sumw[cell] += w;
-                sumw2[cell] += self.weight2.as_ref().map_or(w * w, |w2| w2[i]);
-                count[cell] += self.count.as_ref().map_or(1, |n| n[i]);
-                for d in 0..dims {
-                    position[cell * dims + d] += self.discriminants[d][i];
-                }
-            }
-            let start = out.weight.len();
-            for cell in (0..cells).filter(|&c| count[c] > 0) {
-                for d in 0..dims {
-                    out.discriminants[d]
-                        .push(position[cell * dims + d] / count[cell] as f64);
-                }
-                out.weight.push(sumw[cell]);
-                if let Some(w2) = out.weight2.as_mut() {
-                    w2.push(sumw2[cell]);
-                }
-                if let Some(n) = out.count.as_mut() {
-                    n.push(count[cell]);
-                }
-                out.process.push(p as u32);
-                out.input.push(0);
-                out.row.push(0);
-            }
-            out.process_ranges.push(start..out.weight.len());
-        }
-        out
+        let mut binner = Binner::new(ranges, bins, self.process_ranges.len());
+        binner.add(self);
+        binner.finish()
     }
 
     /// Sum of weights of each process, in float64.
@@ -143,13 +83,149 @@ impl Events {
     }
 }
 
+/// Builds [`Events::binned`] chunk by chunk from events sorted by process.
+pub struct Binner {
+    ranges: Vec<(f64, f64)>,
+    bins: usize,
+    processes: usize,
+    /// Process whose cells are being filled.
+    current: Option<usize>,
+    /// Per cell: Σw, Σw², count and the sum of each coordinate.
+    sumw: Vec<f64>,
+    sumw2: Vec<f64>,
+    count: Vec<u32>,
+    position: Vec<f64>,
+    out: Events,
+}
+
+impl Binner {
+    /// Starts empty binned statistics with `bins` equal bins per range.
+    pub fn new(ranges: &[(f64, f64)], bins: usize, processes: usize) -> Binner {
+        let dims = ranges.len();
+        let cells = bins.pow(dims as u32);
+        Binner {
+            ranges: ranges.to_vec(),
+            bins,
+            processes,
+            current: None,
+            sumw: vec![0.0; cells],
+            sumw2: vec![0.0; cells],
+            count: vec![0; cells],
+            position: vec![0.0; cells * dims],
+            out: Events {
+                discriminants: vec![Vec::new(); dims],
+                process_ranges: Vec::with_capacity(processes),
+                weight2: Some(Vec::new()),
+                count: Some(Vec::new()),
+                ..Events::default()
+            },
+        }
+    }
+
+    /// Adds a chunk of events; chunks must come in event order.
+    pub fn add(&mut self, events: &Events) {
+        let dims = self.ranges.len();
+        let bins = self.bins;
+        for (p, range) in events.process_ranges.iter().enumerate() {
+            if range.is_empty() {
+                continue;
+            }
+            if self.current != Some(p) {
+                self.flush();
+                self.current = Some(p);
+            }
+            for i in range.clone() {
+                let mut cell = 0;
+                for d in (0..dims).rev() {
+                    let (lo, hi) = self.ranges[d];
+                    let t = ((events.discriminants[d][i] - lo) / (hi - lo) * bins as f64)
+                        .floor();
+                    let bin = if t.is_nan() || t < 0.0 {
+                        0
+                    } else {
+                        (t as usize).min(bins - 1)
+                    };
+                    cell = cell * bins + bin;
+                }
+                let w = events.weight[i];
+                self.sumw[cell] += w;
+                self.sumw2[cell] += events.weight2.as_ref().map_or(w * w, |w2| w2[i]);
+                self.count[cell] += events.count.as_ref().map_or(1, |n| n[i]);
+                for d in 0..dims {
+                    self.position[cell * dims + d] += events.discriminants[d][i];
+                }
+            }
+        }
+    }
+
+    /// Moves the filled cells of the current process to the output.
+    fn flush(&mut self) {
+        let Some(p) = self.current.take() else {
+            return;
+        };
+        let dims = self.ranges.len();
+        let out = &mut self.out;
+        let start = out.weight.len();
+        while out.process_ranges.len() < p {
+            out.process_ranges.push(start..start);
+        }
+        for cell in (0..self.count.len()).filter(|&c| self.count[c] > 0) {
+            for d in 0..dims {
+                out.discriminants[d]
+                    .push(self.position[cell * dims + d] / self.count[cell] as f64);
+            }
+            out.weight.push(self.sumw[cell]);
+            if let Some(w2) = out.weight2.as_mut() {
+                w2.push(self.sumw2[cell]);
+            }
+            if let Some(n) = out.count.as_mut() {
+                n.push(self.count[cell]);
+            }
+            out.process.push(p as u32);
+            out.input.push(0);
+            out.row.push(0);
+        }
+        out.process_ranges.push(start..out.weight.len());
+        self.sumw.fill(0.0);
+        self.sumw2.fill(0.0);
+        self.count.fill(0);
+        self.position.fill(0.0);
+    }
+
+    /// Returns the binned statistics.
+    pub fn finish(mut self) -> Events {
+        self.flush();
+        let end = self.out.weight.len();
+        while self.out.process_ranges.len() < self.processes {
+            self.out.process_ranges.push(end..end);
+        }
+        self.out
+    }
+}
+
 /// Plans the selection and checks its output columns without reading
 /// events.
 pub async fn check(pipeline: &Pipeline, sources: &Sources) -> Result<()> {
-    plan(pipeline, sources).await.map(|_| ())
+    plan(pipeline, sources, Keep::Memory).await.map(|_| ())
 }
 
-/// Runs the selection and collects the events.
+/// Where [`select_into`] keeps the selected events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Every event in memory.
+    Memory,
+    /// On disk under the system's temporary directory, in chunks of
+    /// `chunk` events; DataFusion sorts within `sort_bytes` of memory and
+    /// spills the rest to disk.
+    Disk {
+        /// Events per chunk.
+        chunk: usize,
+        /// Memory for DataFusion's sort, in bytes.
+        sort_bytes: usize,
+    },
+}
+
+/// Runs the selection and collects the events in memory.
 pub async fn select(pipeline: &Pipeline, sources: &Sources) -> Result<Events> {
     select_with_progress(pipeline, sources, &indicatif::ProgressBar::hidden()).await
 }
@@ -160,23 +236,62 @@ pub async fn select_with_progress(
     sources: &Sources,
     progress: &indicatif::ProgressBar,
 ) -> Result<Events> {
-    let (state, plan) = plan(pipeline, sources).await?;
+    match select_into(pipeline, sources, Keep::Memory, progress).await? {
+        EventSet::Memory(events) => Ok(events),
+        EventSet::Disk(_) => Err(Error::Internal("events kept in memory went to disk".into())),
+    }
+}
+
+/// Runs the selection and keeps the events as `keep` says, counting them
+/// on `progress` as they arrive.
+///
+/// DataFusion returns the events sorted by process, input and row, so the
+/// result depends only on the inputs and the query, and an event returned
+/// twice shows up as two neighbours.
+pub async fn select_into(
+    pipeline: &Pipeline,
+    sources: &Sources,
+    keep: Keep,
+    progress: &indicatif::ProgressBar,
+) -> Result<EventSet> {
+    let (state, plan) = plan(pipeline, sources, keep).await?;
+    let plan = sorted_by_event(pipeline, plan)?;
     let mut stream = DataFrame::new(state, plan)
         .execute_stream()
         .await
         .map_err(|e| Error::datafusion("selection: starting the query", e))?;
-    let dims = pipeline.selection.discriminants.len();
-    let mut raw =
-        RawEvents { discriminants: vec![Vec::new(); dims], ..RawEvents::default() };
-    raw.mass = pipeline.selection.mass.as_ref().map(|_| Vec::new());
+    let mut ingest = Ingest::new(pipeline, keep)?;
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(unwrap_input_error)?;
-        raw.push(pipeline, &batch)?;
+        ingest.push(&batch)?;
         progress.inc(batch.num_rows() as u64);
     }
     progress.finish_and_clear();
     sources.warn_unmatched();
-    raw.finish(pipeline)
+    ingest.finish()
+}
+
+/// Keeps only the columns gato reads and sorts the rows by process, input
+/// and row.
+fn sorted_by_event(pipeline: &Pipeline, plan: LogicalPlan) -> Result<LogicalPlan> {
+    let s = &pipeline.selection;
+    let mut names: Vec<&str> = s.discriminants.iter().map(String::as_str).collect();
+    names.push(&s.weight);
+    names.extend(s.mass.as_deref());
+    names.extend(HIDDEN_COLUMNS);
+    let mut unique: Vec<&str> = Vec::new();
+    for name in names {
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    let keep: Vec<Expr> = unique.iter().map(|n| datafusion::prelude::ident(*n)).collect();
+    let order = HIDDEN_COLUMNS.map(|c| datafusion::prelude::ident(c).sort(true, false));
+    datafusion::logical_expr::LogicalPlanBuilder::from(plan)
+        .project(keep)
+        .and_then(|b| b.sort(order))
+        .and_then(|b| b.build())
+        .map_err(|e| Error::datafusion("selection: sorting the events", e))
 }
 
 /// Builds the logical plan of the selection, with the hidden columns, and
@@ -184,8 +299,20 @@ pub async fn select_with_progress(
 async fn plan(
     pipeline: &Pipeline,
     sources: &Sources,
+    keep: Keep,
 ) -> Result<(datafusion::execution::SessionState, LogicalPlan)> {
-    let ctx = SessionContext::new();
+    let ctx = match keep {
+        Keep::Memory => SessionContext::new(),
+        Keep::Disk { sort_bytes, .. } => {
+            let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+                .with_memory_pool(Arc::new(
+                    datafusion::execution::memory_pool::FairSpillPool::new(sort_bytes),
+                ))
+                .build_arc()
+                .map_err(|e| Error::datafusion("selection: setting the memory limit", e))?;
+            SessionContext::new_with_config_rt(Default::default(), runtime)
+        }
+    };
     ctx.register_table("events", Arc::new(sources.events_table()?))
         .map_err(|e| Error::datafusion("registering the table `events`", e))?;
     let df = ctx.sql(&pipeline.selection.sql).await.map_err(|e| {
@@ -299,25 +426,121 @@ impl RawEvents {
         }
         Ok(())
     }
+}
 
-    /// Handles non-finite values, applies the process scales, sorts and
-    /// checks that every process kept events.
-    fn finish(self, pipeline: &Pipeline) -> Result<Events> {
-        let n_processes = pipeline.processes.len();
-        let finite = |i: usize| {
-            self.weight[i].is_finite()
-                && self.discriminants.iter().all(|d| d[i].is_finite())
-                && self.mass.as_ref().is_none_or(|m| m[i].is_finite())
+/// Checks the sorted events batch by batch, applies the process scales and
+/// keeps them in memory or writes them to disk chunk by chunk.
+struct Ingest<'a> {
+    pipeline: &'a Pipeline,
+    /// Events not yet written to disk (all of them in memory).
+    buffer: Events,
+    disk: Option<(crate::store::DiskWriter, usize)>,
+    /// Kept events of each process.
+    counts: Vec<usize>,
+    /// Σw of each process.
+    yields: Vec<f64>,
+    /// Events with a non-finite value, per process.
+    bad: Vec<usize>,
+    /// Process, input and row of the last event.
+    last: Option<(u32, u32, u64)>,
+}
+
+impl<'a> Ingest<'a> {
+    fn new(pipeline: &'a Pipeline, keep: Keep) -> Result<Ingest<'a>> {
+        let dims = pipeline.selection.discriminants.len();
+        let has_mass = pipeline.selection.mass.is_some();
+        let disk = match keep {
+            Keep::Memory => None,
+            Keep::Disk { chunk, .. } => Some((
+                crate::store::DiskWriter::create(&std::env::temp_dir(), dims, has_mass)?,
+                chunk.max(1),
+            )),
         };
-        let mut bad = vec![0usize; n_processes];
-        for i in 0..self.weight.len() {
-            if !finite(i) {
-                bad[self.process[i] as usize] += 1;
+        let n = pipeline.processes.len();
+        Ok(Ingest {
+            pipeline,
+            buffer: Events {
+                discriminants: vec![Vec::new(); dims],
+                mass: has_mass.then(Vec::new),
+                ..Events::default()
+            },
+            disk,
+            counts: vec![0; n],
+            yields: vec![0.0; n],
+            bad: vec![0; n],
+            last: None,
+        })
+    }
+
+    /// Adds the events of one result batch.
+    fn push(&mut self, batch: &datafusion::arrow::record_batch::RecordBatch) -> Result<()> {
+        let pipeline = self.pipeline;
+        let mut raw = RawEvents {
+            discriminants: vec![Vec::new(); self.buffer.discriminants.len()],
+            mass: self.buffer.mass.as_ref().map(|_| Vec::new()),
+            ..RawEvents::default()
+        };
+        raw.push(pipeline, batch)?;
+        for i in 0..raw.weight.len() {
+            let p = raw.process[i];
+            let key = (p, raw.input[i], raw.row[i]);
+            if let Some(last) = self.last {
+                if (last.1, last.2) == (key.1, key.2) {
+                    return Err(Error::Select(format!(
+                        "the query returned row {} of input {} more than once; a selection \
+                         must return each event at most once (no UNION ALL of `events` with \
+                         itself, no joins that match an event several times)",
+                        key.2,
+                        pipeline.inputs[key.1 as usize].label()
+                    )));
+                }
+                if key < last {
+                    return Err(Error::Internal(
+                        "the selection's events came back out of order".into(),
+                    ));
+                }
+            }
+            self.last = Some(key);
+            let finite = raw.weight[i].is_finite()
+                && raw.discriminants.iter().all(|d| d[i].is_finite())
+                && raw.mass.as_ref().is_none_or(|m| m[i].is_finite());
+            if !finite {
+                self.bad[p as usize] += 1;
+                continue;
+            }
+            let weight = raw.weight[i] * pipeline.processes[p as usize].scale;
+            let events = &mut self.buffer;
+            for (column, values) in events.discriminants.iter_mut().zip(&raw.discriminants) {
+                column.push(values[i]);
+            }
+            events.weight.push(weight);
+            if let (Some(column), Some(values)) = (events.mass.as_mut(), raw.mass.as_ref()) {
+                column.push(values[i]);
+            }
+            events.process.push(p);
+            events.input.push(key.1);
+            events.row.push(key.2);
+            self.counts[p as usize] += 1;
+            self.yields[p as usize] += weight;
+        }
+        if let Some((writer, chunk)) = self.disk.as_mut() {
+            while self.buffer.len() >= *chunk {
+                let rest = split_off(&mut self.buffer, *chunk);
+                writer.write(&self.buffer)?;
+                self.buffer = rest;
             }
         }
-        let n_bad: usize = bad.iter().sum();
+        Ok(())
+    }
+
+    /// Reports non-finite values, checks that every process kept events
+    /// and that the signal and background yields are positive.
+    fn finish(mut self) -> Result<EventSet> {
+        let pipeline = self.pipeline;
+        let n_bad: usize = self.bad.iter().sum();
         if n_bad > 0 {
-            let counts: Vec<String> = bad
+            let counts: Vec<String> = self
+                .bad
                 .iter()
                 .enumerate()
                 .filter(|(_, n)| **n > 0)
@@ -347,58 +570,23 @@ impl RawEvents {
                 ),
             }
         }
-
-        let mut order: Vec<usize> =
-            (0..self.weight.len()).filter(|&i| finite(i)).collect();
-        order.sort_unstable_by_key(|&i| (self.process[i], self.input[i], self.row[i]));
-        let key = |i: usize| (self.input[i], self.row[i]);
-        if let Some(pair) = order.windows(2).find(|w| key(w[0]) == key(w[1])) {
-            return Err(Error::Select(format!(
-                "the query returned row {} of input {} more than once; a selection must \
-                 return each event at most once (no UNION ALL of `events` with itself, no \
-                 joins that match an event several times)",
-                self.row[pair[0]],
-                pipeline.inputs[self.input[pair[0]] as usize].label()
-            )));
-        }
-        let mut events = Events {
-            discriminants: self
-                .discriminants
-                .iter()
-                .map(|d| order.iter().map(|&i| d[i]).collect())
-                .collect(),
-            weight: order
-                .iter()
-                .map(|&i| {
-                    self.weight[i] * pipeline.processes[self.process[i] as usize].scale
-                })
-                .collect(),
-            process: order.iter().map(|&i| self.process[i]).collect(),
-            input: order.iter().map(|&i| self.input[i]).collect(),
-            row: order.iter().map(|&i| self.row[i]).collect(),
-            process_ranges: Vec::with_capacity(n_processes),
-            mass: self.mass.as_ref().map(|m| order.iter().map(|&i| m[i]).collect()),
-            weight2: None,
-            count: None,
-        };
+        let mut process_ranges = Vec::with_capacity(self.counts.len());
         let mut start = 0;
-        for p in 0..n_processes {
-            let end =
-                start + events.process[start..].partition_point(|&q| q as usize == p);
-            if end == start {
+        for (p, &n) in self.counts.iter().enumerate() {
+            if n == 0 {
                 return Err(Error::Select(format!(
                     "process `{}` has no events after the selection; check its input \
                      and the SQL's WHERE clause",
                     pipeline.processes[p].name
                 )));
             }
-            events.process_ranges.push(start..end);
-            start = end;
+            process_ranges.push(start..start + n);
+            start += n;
         }
         for (role, word) in [(Role::Signal, "signal"), (Role::Background, "background")] {
-            let total: f64 = (0..events.len())
-                .filter(|&i| pipeline.processes[events.process[i] as usize].role == role)
-                .map(|i| events.weight[i])
+            let total: f64 = (0..self.yields.len())
+                .filter(|&p| pipeline.processes[p].role == role)
+                .map(|p| self.yields[p])
                 .sum::<f64>()
                 + 0.0;
             if !(total > 0.0) {
@@ -408,8 +596,35 @@ impl RawEvents {
                 )));
             }
         }
-        tracing::info!(events = events.len(), "selected events");
-        Ok(events)
+        tracing::info!(events = start, on_disk = self.disk.is_some(), "selected events");
+        match self.disk.take() {
+            None => {
+                self.buffer.process_ranges = process_ranges;
+                Ok(EventSet::Memory(self.buffer))
+            }
+            Some((mut writer, _)) => {
+                writer.write(&self.buffer)?;
+                let disk = writer.finish(pipeline.processes.len(), process_ranges)?;
+                tracing::info!(chunks = disk.chunks(), bytes = disk.bytes(), "kept the selected events on disk");
+                Ok(EventSet::Disk(disk))
+            }
+        }
+    }
+}
+
+/// Splits `events` after `at` events and returns the tail; both keep the
+/// columns and neither has process ranges.
+fn split_off(events: &mut Events, at: usize) -> Events {
+    Events {
+        discriminants: events.discriminants.iter_mut().map(|d| d.split_off(at)).collect(),
+        weight: events.weight.split_off(at),
+        process: events.process.split_off(at),
+        input: events.input.split_off(at),
+        row: events.row.split_off(at),
+        process_ranges: Vec::new(),
+        mass: events.mass.as_mut().map(|m| m.split_off(at)),
+        weight2: None,
+        count: None,
     }
 }
 

@@ -57,6 +57,8 @@ struct LoadedInput {
     input: Input,
     raw_schema: SchemaRef,
     generated: Option<Arc<Vec<RecordBatch>>>,
+    /// Number of rows.
+    rows: u64,
 }
 
 impl Sources {
@@ -64,15 +66,21 @@ impl Sources {
     pub fn open(pipeline: &Pipeline) -> Result<Sources> {
         let mut inputs = Vec::new();
         for input in &pipeline.inputs {
-            let (raw_schema, generated) = match &input.kind {
-                InputKind::File(path) => (parquet_reader(path)?.schema().clone(), None),
+            let (raw_schema, generated, rows) = match &input.kind {
+                InputKind::File(path) => {
+                    let reader = parquet_reader(path)?;
+                    let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
+                    (reader.schema().clone(), None, rows)
+                }
                 InputKind::Generator { spec, .. } => {
                     tracing::info!(kind = ?spec.kind, seed = spec.seed, "generating toy events");
-                    (spec.schema(), Some(Arc::new(crate::toy::generate(spec))))
+                    let batches = crate::toy::generate(spec);
+                    let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+                    (spec.schema(), Some(Arc::new(batches)), rows)
                 }
             };
             check_process_column(input, &raw_schema)?;
-            inputs.push(LoadedInput { input: input.clone(), raw_schema, generated });
+            inputs.push(LoadedInput { input: input.clone(), raw_schema, generated, rows });
         }
         let process_names = pipeline.processes.iter().map(|p| p.name.clone()).collect();
         Ok(Sources { inputs, process_names, unmatched: Arc::default() })
@@ -96,6 +104,11 @@ impl Sources {
                 values.join(", ")
             );
         }
+    }
+
+    /// Number of rows of all inputs together.
+    pub fn rows(&self) -> u64 {
+        self.inputs.iter().map(|i| i.rows).sum()
     }
 
     /// Number of inputs.

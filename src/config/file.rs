@@ -171,6 +171,22 @@ pub struct SelectionFile {
     /// Output column holding the invariant mass, for `objective.sideband_fit`.
     #[serde(default)]
     pub mass: Option<String>,
+    /// Where the selected events are kept.
+    #[serde(default)]
+    pub events: EventStorage,
+}
+
+/// Where the selected events are kept between the stages of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStorage {
+    /// In memory when they fit in half the memory budget, else on disk.
+    #[default]
+    Auto,
+    /// In memory.
+    Memory,
+    /// On disk, read back chunk by chunk by every stage.
+    Disk,
 }
 
 fn default_weight() -> String {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Location, Spanned};
 
 pub use file::{
-    Checkpoint, CombineRule, GeneratorKind, GmmInit, MeanMapping, ModelKind,
+    Checkpoint, CombineRule, EventStorage, GeneratorKind, GmmInit, MeanMapping, ModelKind,
     NonFinitePolicy, OptimizerKind, ReportFile, Role, SignificanceKind, Statistics,
 };
 pub use schedule::Schedule;
@@ -136,6 +136,8 @@ pub struct Selection {
     pub non_finite: NonFinitePolicy,
     /// Output column holding the invariant mass.
     pub mass: Option<String>,
+    /// Where the selected events are kept.
+    pub events: EventStorage,
 }
 
 /// The validated model settings.
@@ -287,6 +289,16 @@ impl Pipeline {
         in_range("evaluation.dp_bins", file.evaluation.dp_bins, largest_k, MAX_DP_BINS)
             .map_err(|e| Error::Config(format!("{e} (it must be at least the largest K)")))?;
         in_range("report.bins", file.report.bins, 2, MAX_REPORT_BINS)?;
+        if file.selection.events == EventStorage::Disk
+            && file.objective.sideband_fit.is_some()
+        {
+            return Err(plain(
+                "selection.events",
+                "`disk` cannot be combined with `objective.sideband_fit`, which refits \
+                 the background from every event's mass in memory; use `memory` or `auto`"
+                    .into(),
+            ));
+        }
         if file.training.chunk_events == Some(0) {
             return Err(plain(
                 "training.chunk_events",
@@ -742,6 +754,7 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
         weight: s.weight.clone(),
         non_finite: s.non_finite,
         mass: s.mass.clone(),
+        events: s.events,
     })
 }
 

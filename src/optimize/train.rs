@@ -10,7 +10,9 @@ use crate::error::{Error, Result};
 use crate::evaluate::evaluate;
 use crate::model::{CategoryModel, Params, tensor1, to_host};
 use crate::objective::{EventTensors, Objective, SoftYields};
+use crate::evaluate::{CategoryTable, CategoryYields};
 use crate::select::Events;
+use crate::store::EventSet;
 
 /// Record of one epoch.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -69,14 +71,15 @@ pub struct TrainOutcome {
     pub history: Vec<EpochRecord>,
 }
 
-/// Trains one model on resident event tensors.
+/// Trains one model.
 pub struct Trainer<'a, B: AutodiffBackend> {
     /// The pipeline.
     pub pipeline: &'a Pipeline,
-    /// The selected events on the host, for exact evaluation.
-    pub events: &'a Events,
-    /// The same events on the device.
-    pub tensors: &'a EventTensors<B>,
+    /// The training events on the host, for exact evaluation.
+    pub events: &'a EventSet,
+    /// The same events resident on the device; `None` copies each chunk
+    /// of `events` to the device when it is needed.
+    pub tensors: Option<&'a EventTensors<B>>,
     /// The device.
     pub device: B::Device,
 }
@@ -96,6 +99,8 @@ struct Step {
     mc_uncertainty: f64,
     /// Gradient of the loss per parameter tensor.
     gradients: Vec<Vec<f64>>,
+    /// Exact evaluation of the hard categories.
+    table: CategoryTable,
 }
 
 /// Soft yields copied to the host.
@@ -119,9 +124,32 @@ impl HostYields {
 }
 
 impl<B: AutodiffBackend> Trainer<'_, B> {
-    /// Computes the loss and its gradient at `params`: in one pass over the
-    /// resident events, or with `training.chunk_events` in two passes over
-    /// chunks of events.
+    /// Calls `f` with each chunk of `chunk` events on the device, and on
+    /// the host when the events are not resident.
+    fn for_each_part(
+        &self,
+        chunk: usize,
+        f: &mut dyn FnMut(&EventTensors<B>, Option<&Events>) -> Result<()>,
+    ) -> Result<()> {
+        match self.tensors {
+            Some(tensors) => {
+                let n = tensors.len();
+                for start in (0..n).step_by(chunk.max(1)) {
+                    f(&tensors.chunk(start..(start + chunk).min(n)), None)?;
+                }
+                Ok(())
+            }
+            None => self.events.for_each_chunk(|events| {
+                let tensors = EventTensors::new(events, self.pipeline, &self.device);
+                f(&tensors, Some(events))
+            }),
+        }
+    }
+
+    /// Computes the loss and its gradient at `params`, and evaluates the
+    /// hard categories exactly: in one pass over the resident events, or
+    /// in two passes over chunks of events (`training.chunk_events`, or
+    /// events that are not resident).
     ///
     /// The loss depends on the events only through the soft yields Y, which
     /// are sums over events. The first pass adds up Y chunk by chunk without
@@ -136,8 +164,9 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         params: &Params,
         anneal: &[f64],
         factors: Option<&[f64]>,
-    ) -> Step {
+    ) -> Result<Step> {
         let device = &self.device;
+        let k = model.categories();
         let scalar = |t: Tensor<B, 1>| to_host(t)[0];
         let gradient_of = |tensors: &[Tensor<B, 1>],
                            grads: &B::Gradients|
@@ -152,49 +181,56 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         let leaves = || -> Vec<Tensor<B, 1>> {
             params.values.iter().map(|v| tensor1::<B>(v, device).require_grad()).collect()
         };
-        let n = self.tensors.len();
+        // Exact evaluation of resident events on the host.
+        let resident_table = || -> Option<CategoryTable> {
+            let events = self.events.in_memory()?;
+            let assign = model.assign(params, &events.discriminants);
+            Some(evaluate(self.pipeline, events, &assign, k, None, factors))
+        };
+        let n = self.events.len();
         let chunk = self.pipeline.training.chunk_events.filter(|&c| c < n);
-        let Some(chunk) = chunk else {
-            let tensors = leaves();
-            let m = model.membership(
-                &self.tensors.columns,
-                &tensors,
-                tensor1::<B>(anneal, device),
-            );
-            let parts = objective.compute(m, self.tensors, factors);
+        if let (Some(tensors), None) = (self.tensors, chunk) {
+            let leaves = leaves();
+            let m =
+                model.membership(&tensors.columns, &leaves, tensor1::<B>(anneal, device));
+            let parts = objective.compute(m, tensors, factors);
             let grads = parts.loss.backward();
-            return Step {
-                gradients: gradient_of(&tensors, &grads),
+            return Ok(Step {
+                gradients: gradient_of(&leaves, &grads),
                 loss: scalar(parts.loss),
                 soft_z: scalar(parts.significance),
                 low_background: scalar(parts.low_background),
                 mc_uncertainty: scalar(parts.mc_uncertainty),
-            };
-        };
-        let chunks: Vec<std::ops::Range<usize>> =
-            (0..n).step_by(chunk).map(|start| start..(start + chunk).min(n)).collect();
-        let k = model.categories();
+                table: resident_table()
+                    .ok_or_else(|| Error::Internal("resident tensors without events".into()))?,
+            });
+        }
+        let chunk = chunk.unwrap_or(n);
 
-        // Pass 1: the yields of all events, without a graph.
+        // Pass 1: the yields of all events, without a graph, and the hard
+        // categories of events that are not resident.
         let constants: Vec<Tensor<B, 1>> =
             params.values.iter().map(|v| tensor1::<B>(v, device)).collect();
-        let signals = self
-            .tensors
-            .roles
-            .iter()
-            .filter(|r| **r == crate::config::Role::Signal)
-            .count();
+        let signals = self.pipeline.signal_indices().len();
         let mut totals = HostYields {
             signals: vec![vec![0.0; k]; signals],
             background: vec![0.0; k],
             background2: vec![0.0; k],
         };
-        for rows in &chunks {
-            let part = self.tensors.chunk(rows.clone());
+        let mut hard = CategoryYields::new(self.pipeline, k);
+        self.for_each_part(chunk, &mut |part, host| {
             let m =
                 model.membership(&part.columns, &constants, tensor1::<B>(anneal, device));
-            totals.add(Objective::yields(m, &part, factors));
-        }
+            totals.add(Objective::yields(m, part, factors));
+            if let Some(events) = host {
+                hard.add(events, &model.assign(params, &events.discriminants));
+            }
+            Ok(())
+        })?;
+        let table = match resident_table() {
+            Some(table) => table,
+            None => hard.table(self.pipeline, None, factors),
+        };
 
         // g = ∂L/∂Y on leaf yield tensors.
         let leaf = |v: &[f64]| tensor1::<B>(v, device).require_grad();
@@ -216,12 +252,11 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
         // Pass 2: ∂⟨g, Y_chunk⟩/∂θ, added over the chunks.
         let mut gradients: Vec<Vec<f64>> =
             params.values.iter().map(|v| vec![0.0; v.len()]).collect();
-        for rows in &chunks {
+        self.for_each_part(chunk, &mut |part, _| {
             let tensors = leaves();
-            let part = self.tensors.chunk(rows.clone());
             let m =
                 model.membership(&part.columns, &tensors, tensor1::<B>(anneal, device));
-            let y = Objective::yields(m, &part, factors);
+            let y = Objective::yields(m, part, factors);
             let mut surrogate = (y.background * g_background.clone()).sum()
                 + (y.background2 * g_background2.clone()).sum();
             for (s, gs) in y.signals.into_iter().zip(&g_signals) {
@@ -231,14 +266,16 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             for (total, part) in gradients.iter_mut().zip(gradient_of(&tensors, &grads)) {
                 total.iter_mut().zip(part).for_each(|(t, p)| *t += p);
             }
-        }
-        Step {
+            Ok(())
+        })?;
+        Ok(Step {
             gradients,
             loss: scalar(parts.loss),
             soft_z: scalar(parts.significance),
             low_background: scalar(parts.low_background),
             mc_uncertainty: scalar(parts.mc_uncertainty),
-        }
+            table,
+        })
     }
 
     /// Runs every epoch from `init`, calling `tick` after each.
@@ -284,8 +321,11 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                     .collect(),
                 ModelKind::Gmm => vec![pipeline.model.temperature.value(epoch, epochs)],
             };
-            let assign = model.assign(&params, &self.events.discriminants);
-            if let Some(current) = factors.as_mut() {
+            // The factors are refitted from the hard categories of events
+            // in memory.
+            let events = self.events.in_memory();
+            if let (Some(current), Some(events)) = (factors.as_mut(), events) {
+                let assign = model.assign(&params, &events.discriminants);
                 if let Some(new) = update(epoch, &assign) {
                     if new.len() != k || new.iter().any(|f| !(f.is_finite() && *f >= 0.0))
                     {
@@ -300,8 +340,8 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
             }
 
             // Forward and backward on the device.
-            let step = self.step(model, &objective, &params, &anneal, factors.as_deref());
-            let Step { loss, soft_z, low_background, mc_uncertainty, gradients } = step;
+            let step = self.step(model, &objective, &params, &anneal, factors.as_deref())?;
+            let Step { loss, soft_z, low_background, mc_uncertainty, gradients, table } = step;
             if !loss.is_finite() || gradients.iter().flatten().any(|g| !g.is_finite()) {
                 return Err(Error::Train(format!(
                     "the loss or its gradient is not finite at epoch {epoch} (loss {loss}); \
@@ -311,9 +351,6 @@ impl<B: AutodiffBackend> Trainer<'_, B> {
                 )));
             }
 
-            // Exact evaluation of the current parameters.
-            let table =
-                evaluate(pipeline, self.events, &assign, k, None, factors.as_deref());
             let cuts = model.cuts(&params);
             let record = EpochRecord {
                 epoch,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Pipeline, Role};
 use crate::error::{Error, Result};
 use crate::select::Events;
+use crate::store::EventSet;
 
 /// Layout version of `histograms.json`.
 pub const HISTOGRAMS_VERSION: u32 = 1;
@@ -74,98 +75,111 @@ fn equal_edges(lo: f64, hi: f64, bins: usize) -> Vec<f64> {
     (0..=bins).map(|b| lo + (hi - lo) * b as f64 / bins as f64).collect()
 }
 
-fn histogram(
-    events: &Events,
-    values: &[f64],
+/// An empty histogram of one column with one row per process.
+fn empty_histogram(
+    processes: usize,
     column: &str,
     unit: Option<&str>,
     (lo, hi): (f64, f64),
     bins: usize,
 ) -> Histogram {
-    let processes = events.process_ranges.len();
-    let mut sumw = vec![vec![0.0; bins]; processes];
-    let mut sumw2 = vec![vec![0.0; bins]; processes];
-    for (p, range) in events.process_ranges.iter().enumerate() {
-        for i in range.clone() {
-            let b = bin_of(values[i], lo, hi, bins);
-            let w = events.weight[i];
-            sumw[p][b] += w;
-            sumw2[p][b] += w * w;
-        }
-    }
     Histogram {
         column: column.to_string(),
         unit: unit.map(str::to_string),
         edges: equal_edges(lo, hi, bins),
-        sumw,
-        sumw2,
+        sumw: vec![vec![0.0; bins]; processes],
+        sumw2: vec![vec![0.0; bins]; processes],
+    }
+}
+
+impl Histogram {
+    /// Adds `values` of a chunk of events.
+    fn add(&mut self, events: &Events, values: &[f64]) {
+        let bins = self.edges.len() - 1;
+        let (lo, hi) = (self.edges[0], self.edges[bins]);
+        for (p, range) in events.process_ranges.iter().enumerate() {
+            for i in range.clone() {
+                let b = bin_of(values[i], lo, hi, bins);
+                let w = events.weight[i];
+                self.sumw[p][b] += w;
+                self.sumw2[p][b] += w * w;
+            }
+        }
     }
 }
 
 impl Histograms {
     /// Bins the selected events with `report.bins` bins per axis.
-    pub fn new(pipeline: &Pipeline, events: &Events) -> Histograms {
+    pub fn new(pipeline: &Pipeline, events: &EventSet) -> Result<Histograms> {
         let bins = pipeline.report.bins;
-        let discriminants = pipeline
+        let processes = pipeline.processes.len();
+        // The mass axis spans the sideband fit's range or the column's own.
+        let mut mass_range = None;
+        if events.has_mass() {
+            mass_range = match &pipeline.objective.sideband {
+                Some(spec) => Some(spec.range),
+                None => {
+                    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+                    events.for_each_chunk(|chunk| {
+                        for &m in chunk.mass.iter().flatten().filter(|m| m.is_finite()) {
+                            lo = lo.min(m);
+                            hi = hi.max(m);
+                        }
+                        Ok(())
+                    })?;
+                    (lo < hi).then_some((lo, hi))
+                }
+            };
+        }
+        let mut discriminants: Vec<Histogram> = pipeline
             .selection
             .discriminants
             .iter()
-            .zip(&events.discriminants)
             .zip(&pipeline.model.ranges)
-            .map(|((name, values), &range)| {
-                histogram(events, values, name, None, range, bins)
-            })
+            .map(|(name, &range)| empty_histogram(processes, name, None, range, bins))
             .collect();
-        let plane = (events.discriminants.len() == 2).then(|| {
+        let mut plane = (pipeline.model.ranges.len() == 2).then(|| {
             let [(x0, x1), (y0, y1)] =
                 [pipeline.model.ranges[0], pipeline.model.ranges[1]];
-            let mut background = vec![0.0; bins * bins];
-            let mut signal = vec![0.0; bins * bins];
-            for (p, range) in events.process_ranges.iter().enumerate() {
-                let target = match pipeline.processes[p].role {
-                    Role::Signal => &mut signal,
-                    Role::Background => &mut background,
-                };
-                for i in range.clone() {
-                    let bx = bin_of(events.discriminants[0][i], x0, x1, bins);
-                    let by = bin_of(events.discriminants[1][i], y0, y1, bins);
-                    target[by * bins + bx] += events.weight[i];
-                }
-            }
             PlaneHistogram {
                 columns: [
                     pipeline.selection.discriminants[0].clone(),
                     pipeline.selection.discriminants[1].clone(),
                 ],
                 edges: [equal_edges(x0, x1, bins), equal_edges(y0, y1, bins)],
-                background,
-                signal,
+                background: vec![0.0; bins * bins],
+                signal: vec![0.0; bins * bins],
             }
         });
-        let mass = events.mass.as_ref().and_then(|mass| {
+        let mut mass = mass_range.map(|range| {
             let column = pipeline.selection.mass.as_deref().unwrap_or("mass");
-            let range = match &pipeline.objective.sideband {
-                Some(spec) => spec.range,
-                None => {
-                    let lo = mass
-                        .iter()
-                        .copied()
-                        .filter(|m| m.is_finite())
-                        .fold(f64::INFINITY, f64::min);
-                    let hi = mass
-                        .iter()
-                        .copied()
-                        .filter(|m| m.is_finite())
-                        .fold(f64::NEG_INFINITY, f64::max);
-                    if !(lo < hi) {
-                        return None;
-                    }
-                    (lo, hi)
-                }
-            };
-            Some(histogram(events, mass, column, Some("GeV"), range, bins))
+            empty_histogram(processes, column, Some("GeV"), range, bins)
         });
-        Histograms {
+        events.for_each_chunk(|chunk| {
+            for (histogram, values) in discriminants.iter_mut().zip(&chunk.discriminants) {
+                histogram.add(chunk, values);
+            }
+            if let (Some(mass), Some(values)) = (mass.as_mut(), chunk.mass.as_ref()) {
+                mass.add(chunk, values);
+            }
+            if let Some(plane) = plane.as_mut() {
+                let [(x0, x1), (y0, y1)] =
+                    [pipeline.model.ranges[0], pipeline.model.ranges[1]];
+                for (p, range) in chunk.process_ranges.iter().enumerate() {
+                    let target = match pipeline.processes[p].role {
+                        Role::Signal => &mut plane.signal,
+                        Role::Background => &mut plane.background,
+                    };
+                    for i in range.clone() {
+                        let bx = bin_of(chunk.discriminants[0][i], x0, x1, bins);
+                        let by = bin_of(chunk.discriminants[1][i], y0, y1, bins);
+                        target[by * bins + bx] += chunk.weight[i];
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(Histograms {
             version: HISTOGRAMS_VERSION,
             processes: pipeline.processes.iter().map(|p| p.name.clone()).collect(),
             roles: pipeline
@@ -179,7 +193,7 @@ impl Histograms {
             discriminants,
             plane,
             mass,
-        }
+        })
     }
 
     /// Writes the histograms as JSON to `path`, through a temporary file.

@@ -218,3 +218,19 @@ fn sideband_fit_rejects_binned_statistics() {
         "{err}"
     );
 }
+
+#[test]
+fn sideband_fit_rejects_events_on_disk() {
+    let text = pipeline_text()
+        .replace(
+            "    files: [sample.parquet]\n    process_column: process\n",
+            "    generator: { kind: resonance, signal: 100, background: 1000 }\n",
+        )
+        .replace("  mass: mass\n", "  mass: mass\n  events: disk\n");
+    assert!(text.contains("events: disk"));
+    let err = gato::config::Pipeline::from_text(&text, "p.yaml").unwrap_err().to_string();
+    assert!(
+        err.contains("selection.events: `disk` cannot be combined with `objective.sideband_fit`"),
+        "{err}"
+    );
+}

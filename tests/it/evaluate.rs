@@ -3,6 +3,7 @@
 
 use gato::config::Pipeline;
 use gato::evaluate::{dp_optimum, evaluate};
+use gato::store::EventSet;
 use gato::model::category_of;
 use gato::optimize::SortedEvents;
 use gato::select::Events;
@@ -286,8 +287,9 @@ fn soft_objective_with_reweighting_and_updates() {
 
     // The update stage gets the hard categories, and its factors are used
     // from that epoch on.
+    let set = EventSet::Memory(events.clone());
     let trainer =
-        Trainer { pipeline: &pipeline, events: &events, tensors: &tensors, device };
+        Trainer { pipeline: &pipeline, events: &set, tensors: Some(&tensors), device };
     let model = CategoryModel::Sigmoid(model);
     let init = model.init(
         &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(1),

@@ -4,6 +4,7 @@ mod bumphunt;
 mod cli;
 mod common;
 mod config_errors;
+mod disk;
 mod evaluate;
 mod fuzz_regressions;
 mod grid;

@@ -125,11 +125,16 @@ fn binned_training_matches_events_three_class() {
 }
 
 /// Trains `epochs` epochs of the three-class GMM (both penalties on) with
-/// `chunk_events` and returns the history and the final parameters.
+/// `chunk_events`, with the events resident or (`on_disk`) read from disk
+/// chunk by chunk, and returns the history and the final parameters.
 fn train_three_class(
     chunk_events: Option<usize>,
+    on_disk: bool,
 ) -> (Vec<gato::optimize::EpochRecord>, Vec<f64>) {
     use gato::model::CategoryModel;
+    use gato::select::{Keep, select_into};
+    use gato::store::EventSet;
+    use indicatif::ProgressBar;
     use gato::objective::EventTensors;
     use gato::optimize::Trainer;
     use gato::run::{CpuBackend, build_model};
@@ -148,12 +153,31 @@ fn train_three_class(
 
     let mut p = pipeline(&text);
     p.training.chunk_events = chunk_events;
-    let (_, events) = select_events(&p);
+    let (sources, events) = select_events(&p);
     let tensors = EventTensors::<CpuBackend>::new(&events, &p, &Default::default());
+    // On disk, the chunks are read back from the file in every pass.
+    let set = match (on_disk, chunk_events) {
+        (true, Some(chunk)) => {
+            let keep = Keep::Disk { chunk, sort_bytes: 64 << 20 };
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+            let set = runtime
+                .block_on(select_into(&p, &sources, keep, &ProgressBar::hidden()))
+                .unwrap();
+            match &set {
+                EventSet::Disk(disk) => {
+                    assert_eq!(disk.chunks(), events.len().div_ceil(chunk));
+                }
+                EventSet::Memory(_) => panic!("the events stayed in memory"),
+            }
+            set
+        }
+        _ => EventSet::Memory(events),
+    };
     let trainer = Trainer {
         pipeline: &p,
-        events: &events,
-        tensors: &tensors,
+        events: &set,
+        tensors: if on_disk { None } else { Some(&tensors) },
         device: Default::default(),
     };
 
@@ -168,28 +192,33 @@ fn train_three_class(
 }
 
 #[test]
-fn chunked_gradient_equals_resident_gradient() {
-    let (resident, resident_params) = train_three_class(None);
+fn chunked_and_disk_gradients_equal_resident_gradient() {
+    let (resident, resident_params) = train_three_class(None, false);
     // 1000 events per chunk: chunks cut across process boundaries.
-    let (chunked, chunked_params) = train_three_class(Some(1000));
-    for (a, b) in resident.iter().zip(&chunked) {
-        assert!(
-            (a.loss - b.loss).abs() <= 1e-10 * a.loss.abs(),
-            "epoch {}: {} vs {}",
-            a.epoch,
-            a.loss,
-            b.loss
-        );
-        assert!((a.soft_z - b.soft_z).abs() <= 1e-10 * a.soft_z);
-        assert!(
-            (a.mc_uncertainty_penalty - b.mc_uncertainty_penalty).abs()
-                <= 1e-10 * a.mc_uncertainty_penalty.abs().max(1e-12)
-        );
-    }
-    // Five optimiser steps from the same start end at the same parameters
-    // only if every gradient agreed.
-    for (a, b) in resident_params.iter().zip(&chunked_params) {
-        assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{a} vs {b}");
+    for on_disk in [false, true] {
+        let (chunked, chunked_params) = train_three_class(Some(1000), on_disk);
+        assert_eq!(chunked.len(), resident.len());
+        for (a, b) in resident.iter().zip(&chunked) {
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-10 * a.loss.abs(),
+                "on disk {on_disk}, epoch {}: {} vs {}",
+                a.epoch,
+                a.loss,
+                b.loss
+            );
+            assert!((a.soft_z - b.soft_z).abs() <= 1e-10 * a.soft_z);
+            assert!(
+                (a.mc_uncertainty_penalty - b.mc_uncertainty_penalty).abs()
+                    <= 1e-10 * a.mc_uncertainty_penalty.abs().max(1e-12)
+            );
+            // The hard table adds the same events in the same order.
+            assert!((a.hard_z - b.hard_z).abs() <= 1e-12 * a.hard_z, "{a:?} vs {b:?}");
+        }
+        // Five optimiser steps from the same start end at the same
+        // parameters only if every gradient agreed.
+        for (a, b) in resident_params.iter().zip(&chunked_params) {
+            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{a} vs {b}");
+        }
     }
     assert!(
         resident.iter().any(|r| r.mc_uncertainty_penalty > 0.0),
