@@ -120,8 +120,8 @@ struct CategoryFile {
     pending: Vec<u32>,
 }
 
-/// Rows with a category are written in runs; a gap shorter than this is
-/// filled with zeros instead of starting a new run.
+/// Rows with a category are written in runs; a gap shorter than this
+/// stays inside the run instead of starting a new one.
 const MAX_GAP: u64 = 4096;
 
 impl CategoryFile {
@@ -153,16 +153,32 @@ impl CategoryFile {
         Ok(())
     }
 
+    /// Writes the pending run. Rows of the run's gaps keep what the file
+    /// holds: the events of one input come once per process, so another
+    /// process may already have written them.
     fn flush(&mut self) -> Result<()> {
-        use std::io::{Seek, SeekFrom, Write};
+        use std::io::{Read, Seek, SeekFrom, Write};
         if self.pending.is_empty() {
             return Ok(());
         }
-        let bytes: Vec<u8> = self.pending.iter().flat_map(|v| v.to_le_bytes()).collect();
         let io = |e: std::io::Error| {
             Error::output(&self.path, format!("cannot write the categories: {e}"))
         };
-        self.file.seek(SeekFrom::Start(self.start * 4)).map_err(io)?;
+        let offset = self.start * 4;
+        let mut bytes = vec![0u8; self.pending.len() * 4];
+        // Past the end of the file every row is still without a category.
+        let length = self.file.metadata().map_err(io)?.len();
+        if length > offset {
+            let have = ((length - offset) as usize).min(bytes.len());
+            self.file.seek(SeekFrom::Start(offset)).map_err(io)?;
+            self.file.read_exact(&mut bytes[..have]).map_err(io)?;
+        }
+        for (slot, &value) in bytes.chunks_exact_mut(4).zip(&self.pending) {
+            if value != 0 {
+                slot.copy_from_slice(&value.to_le_bytes());
+            }
+        }
+        self.file.seek(SeekFrom::Start(offset)).map_err(io)?;
         self.file.write_all(&bytes).map_err(io)?;
         self.pending.clear();
         Ok(())

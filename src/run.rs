@@ -110,7 +110,33 @@ pub fn keep_for(pipeline: &Pipeline, rows: u64, k: usize, limit_mib: f64) -> Kee
             .unwrap_or(MAX_DISK_CHUNK)
             .min(MAX_DISK_CHUNK)
     });
-    Keep::Disk { chunk, sort_bytes: ((budget / 4.0) as usize).max(64 << 20) }
+    Keep::Disk { chunk, sort_bytes: ((budget / 8.0) as usize).clamp(32 << 20, 1 << 30) }
+}
+
+/// Makes glibc's malloc give every block of 4 MiB or more back to the
+/// system when it is freed.
+///
+/// By default glibc raises this threshold to the size of the largest block
+/// freed so far, and then keeps freed chunk buffers in its heaps. A run
+/// that streams thousands of chunks from disk then grows with the number
+/// of chunks instead of staying at the size of a few.
+fn return_large_blocks() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a malloc tuning parameter; it is called
+    // before the selection starts the threads that allocate chunks.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+    }
+}
+
+/// Gives the memory that the selection's sort has freed back to the
+/// system, so that the stages after it start from the memory they use.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Half of the machine's memory in MiB (from /proc/meminfo), or 4096 where
@@ -168,6 +194,7 @@ async fn run_checked(
         .unwrap_or(2);
     let keep = keep_for(pipeline, sources.rows(), largest_k, limit);
     if let Keep::Disk { chunk, .. } = keep {
+        return_large_blocks();
         tracing::info!(
             rows = sources.rows(),
             chunk,
@@ -181,6 +208,9 @@ async fn run_checked(
     );
     let mut events =
         crate::select::select_into(pipeline, &sources, keep, &reading).await?;
+    if matches!(keep, Keep::Disk { .. }) {
+        release_free_memory();
+    }
     // The plots show every selected event, signal outside the window too.
     let histograms = crate::plot::Histograms::new(pipeline, &events)?;
     if let EventSet::Memory(events) = &mut events {

@@ -255,7 +255,10 @@ pub async fn select_into(
     progress: &indicatif::ProgressBar,
 ) -> Result<EventSet> {
     let (state, plan) = plan(pipeline, sources, keep).await?;
-    let plan = sorted_by_event(pipeline, plan)?;
+    let plan = match keep {
+        Keep::Memory => plan,
+        Keep::Disk { .. } => sorted_by_event(pipeline, plan)?,
+    };
     let mut stream = DataFrame::new(state, plan)
         .execute_stream()
         .await
@@ -310,7 +313,11 @@ async fn plan(
                 ))
                 .build_arc()
                 .map_err(|e| Error::datafusion("selection: setting the memory limit", e))?;
-            SessionContext::new_with_config_rt(Default::default(), runtime)
+            // The merge of the sorted runs reads them back within its own
+            // reservation, taken before the sort starts spilling.
+            let mut config = datafusion::prelude::SessionConfig::new();
+            config.options_mut().execution.sort_spill_reservation_bytes = sort_bytes / 4;
+            SessionContext::new_with_config_rt(config, runtime)
         }
     };
     ctx.register_table("events", Arc::new(sources.events_table()?))
@@ -484,15 +491,11 @@ impl<'a> Ingest<'a> {
         for i in 0..raw.weight.len() {
             let p = raw.process[i];
             let key = (p, raw.input[i], raw.row[i]);
-            if let Some(last) = self.last {
+            // Events bound for disk come sorted; those kept in memory are
+            // sorted and checked at the end.
+            if let (Some(last), Some(_)) = (self.last, &self.disk) {
                 if (last.1, last.2) == (key.1, key.2) {
-                    return Err(Error::Select(format!(
-                        "the query returned row {} of input {} more than once; a selection \
-                         must return each event at most once (no UNION ALL of `events` with \
-                         itself, no joins that match an event several times)",
-                        key.2,
-                        pipeline.inputs[key.1 as usize].label()
-                    )));
+                    return Err(returned_twice(pipeline, key.1, key.2));
                 }
                 if key < last {
                     return Err(Error::Internal(
@@ -599,8 +602,21 @@ impl<'a> Ingest<'a> {
         tracing::info!(events = start, on_disk = self.disk.is_some(), "selected events");
         match self.disk.take() {
             None => {
-                self.buffer.process_ranges = process_ranges;
-                Ok(EventSet::Memory(self.buffer))
+                let mut events = self.buffer;
+                if events.len() > u32::MAX as usize {
+                    return Err(Error::Select(format!(
+                        "{} selected events are too many to keep in memory; set \
+                         `selection.events: disk`",
+                        events.len()
+                    )));
+                }
+                sort_by_event(&mut events);
+                let key = |i: usize| (events.input[i], events.row[i]);
+                if let Some(i) = (1..events.len()).find(|&i| key(i - 1) == key(i)) {
+                    return Err(returned_twice(pipeline, events.input[i], events.row[i]));
+                }
+                events.process_ranges = process_ranges;
+                Ok(EventSet::Memory(events))
             }
             Some((mut writer, _)) => {
                 writer.write(&self.buffer)?;
@@ -610,6 +626,38 @@ impl<'a> Ingest<'a> {
             }
         }
     }
+}
+
+/// The error for an event the query returned more than once.
+fn returned_twice(pipeline: &Pipeline, input: u32, row: u64) -> Error {
+    Error::Select(format!(
+        "the query returned row {row} of input {} more than once; a selection must \
+         return each event at most once (no UNION ALL of `events` with itself, no joins \
+         that match an event several times)",
+        pipeline.inputs[input as usize].label()
+    ))
+}
+
+/// Sorts the columns of `events` by process, input and row, one column at
+/// a time, so that the sort needs one extra column of memory at most.
+fn sort_by_event(events: &mut Events) {
+    let mut order: Vec<u32> = (0..events.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| {
+        let i = i as usize;
+        (events.process[i], events.input[i], events.row[i])
+    });
+    fn permute<T: Copy>(column: &mut Vec<T>, order: &[u32]) {
+        *column = order.iter().map(|&i| column[i as usize]).collect();
+    }
+    for column in events.discriminants.iter_mut().chain([&mut events.weight]) {
+        permute(column, &order);
+    }
+    if let Some(mass) = events.mass.as_mut() {
+        permute(mass, &order);
+    }
+    permute(&mut events.process, &order);
+    permute(&mut events.input, &order);
+    permute(&mut events.row, &order);
 }
 
 /// Splits `events` after `at` events and returns the tail; both keep the

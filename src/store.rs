@@ -71,20 +71,41 @@ impl EventSet {
         }
     }
 
-    /// Calls `f` with each chunk of events, in event order.
+    /// Calls `f` with each chunk of events, in event order, and stops at
+    /// the first error.
     ///
     /// A chunk's `process_ranges` has one entry per process, relative to
     /// the chunk, empty for processes without events in it.
     pub fn for_each_chunk(&self, mut f: impl FnMut(&Events) -> Result<()>) -> Result<()> {
         match self {
             EventSet::Memory(e) => f(e),
-            EventSet::Disk(d) => {
-                let mut file = File::open(&d.path).map_err(|e| d.error(e))?;
-                for chunk in 0..d.chunks.len() {
-                    f(&d.read(&mut file, chunk)?)?;
+            // A reader thread reads the next chunk while `f` works on the
+            // current one and hands it over when `f` is done, so at most
+            // two chunks are in memory.
+            EventSet::Disk(d) => std::thread::scope(|scope| {
+                let (send, receive) = std::sync::mpsc::sync_channel::<Result<Events>>(0);
+                scope.spawn(move || {
+                    let mut file = match File::open(&d.path) {
+                        Ok(file) => file,
+                        Err(e) => {
+                            let _ = send.send(Err(d.error(e)));
+                            return;
+                        }
+                    };
+                    for chunk in 0..d.chunks.len() {
+                        let events = d.read(&mut file, chunk);
+                        let failed = events.is_err();
+                        // The receiver is gone when `f` failed.
+                        if send.send(events).is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+                for events in receive {
+                    f(&events?)?;
                 }
                 Ok(())
-            }
+            }),
         }
     }
 
@@ -143,35 +164,20 @@ impl DiskEvents {
         ))
     }
 
+    /// Reads chunk `chunk`, column by column through a small buffer, so
+    /// that reading needs no more memory than the chunk itself.
     fn read(&self, file: &mut File, chunk: usize) -> Result<Events> {
         let (offset, n) = self.chunks[chunk];
-        let mut bytes = vec![0u8; n * self.row_bytes()];
         file.seek(SeekFrom::Start(offset)).map_err(|e| self.error(e))?;
-        file.read_exact(&mut bytes).map_err(|e| self.error(e))?;
-        let mut rest = bytes.as_slice();
-        let mut take = |width: usize| {
-            let (head, tail) = rest.split_at(n * width);
-            rest = tail;
-            head
-        };
-        let f64s = |b: &[u8]| -> Vec<f64> {
-            b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
-        };
-        let discriminants: Vec<Vec<f64>> = (0..self.dims).map(|_| f64s(take(8))).collect();
-        let weight = f64s(take(8));
-        let mass = self.has_mass.then(|| f64s(take(8)));
-        let process: Vec<u32> = take(4)
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let input: Vec<u32> = take(4)
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let row: Vec<u64> = take(8)
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
+        let mut f64s = || read_column(&mut reader, n, f64::from_le_bytes);
+        let discriminants: Vec<Vec<f64>> =
+            (0..self.dims).map(|_| f64s()).collect::<std::io::Result<_>>().map_err(|e| self.error(e))?;
+        let weight = f64s().map_err(|e| self.error(e))?;
+        let mass = if self.has_mass { Some(f64s().map_err(|e| self.error(e))?) } else { None };
+        let process = read_column(&mut reader, n, u32::from_le_bytes).map_err(|e| self.error(e))?;
+        let input = read_column(&mut reader, n, u32::from_le_bytes).map_err(|e| self.error(e))?;
+        let row = read_column(&mut reader, n, u64::from_le_bytes).map_err(|e| self.error(e))?;
         let mut start = 0;
         let process_ranges = (0..self.processes)
             .map(|p| {
@@ -193,6 +199,30 @@ impl DiskEvents {
             count: None,
         })
     }
+}
+
+/// Reads `n` little-endian values of `W` bytes each.
+fn read_column<T, const W: usize>(
+    reader: &mut impl Read,
+    n: usize,
+    decode: fn([u8; W]) -> T,
+) -> std::io::Result<Vec<T>> {
+    let mut values = Vec::with_capacity(n);
+    let mut buffer = [0u8; 8192];
+    let per_block = buffer.len() / W;
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(per_block);
+        let bytes = &mut buffer[..take * W];
+        reader.read_exact(bytes)?;
+        values.extend(bytes.chunks_exact(W).map(|c| {
+            let mut value = [0u8; W];
+            value.copy_from_slice(c);
+            decode(value)
+        }));
+        left -= take;
+    }
+    Ok(values)
 }
 
 fn row_bytes(dims: usize, has_mass: bool) -> usize {
@@ -252,22 +282,21 @@ impl DiskWriter {
                 format!("cannot write the selected events: {e}; free disk space or set TMPDIR"),
             )
         };
-        let mut bytes = Vec::with_capacity(n * row_bytes(self.dims, self.has_mass));
+        let file = &mut self.file;
         for column in events.discriminants.iter().chain([&events.weight]) {
-            column.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+            column.iter().try_for_each(|v| file.write_all(&v.to_le_bytes())).map_err(&io)?;
         }
         if self.has_mass {
             let mass = events.mass.as_ref().ok_or_else(|| {
                 Error::Internal("a chunk of events lacks the mass column".into())
             })?;
-            mass.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+            mass.iter().try_for_each(|v| file.write_all(&v.to_le_bytes())).map_err(&io)?;
         }
-        events.process.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
-        events.input.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
-        events.row.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
-        self.file.write_all(&bytes).map_err(&io)?;
+        events.process.iter().try_for_each(|v| file.write_all(&v.to_le_bytes())).map_err(&io)?;
+        events.input.iter().try_for_each(|v| file.write_all(&v.to_le_bytes())).map_err(&io)?;
+        events.row.iter().try_for_each(|v| file.write_all(&v.to_le_bytes())).map_err(&io)?;
         self.chunks.push((self.offset, n));
-        self.offset += bytes.len() as u64;
+        self.offset += (n * row_bytes(self.dims, self.has_mass)) as u64;
         Ok(())
     }
 

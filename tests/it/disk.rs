@@ -172,3 +172,50 @@ fn small_memory_limit_keeps_events_on_disk() {
         }
     }
 }
+
+/// An input whose rows alternate between processes, with some rows
+/// dropped by the selection: every row gets the category of its own score,
+/// on disk and in memory.
+#[test]
+fn interleaved_processes_get_their_own_categories() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 30_000;
+    let processes: Vec<&str> =
+        (0..n).map(|i| ["signal", "bkg1", "bkg1"][i % 3]).collect();
+    // Signal rises towards 1, background falls; a few scores fall below the
+    // selection's threshold.
+    let score: Vec<f64> = (0..n)
+        .map(|i| {
+            let u = ((i * 7919) % 10_007) as f64 / 10_007.0;
+            if i % 3 == 0 { u.sqrt() } else { u * u }
+        })
+        .collect();
+    let weight = vec![1.0; n];
+    let input = dir.path().join("mixed.parquet");
+    crate::config_errors::write_parquet(&input, &processes, &score, &weight);
+    for storage in ["memory", "disk"] {
+        let text = format!(
+            "name: m\nsources:\n  mc:\n    files: [\"{}\"]\n    process_column: process\n\
+             processes:\n  - {{ name: signal, role: signal, source: mc }}\n\
+             \x20 - {{ name: bkg1, role: background, source: mc }}\n\
+             selection:\n  sql: SELECT score, weight FROM events WHERE score > 0.001\n  \
+             discriminants: [score]\n  events: {storage}\n\
+             model:\n  kind: sigmoid\n  categories: [3]\ntraining:\n  epochs: 3\n  \
+             chunk_events: 4000\noutput: out\n",
+            input.display()
+        );
+        let run_dir = dir.path().join(storage);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let summary = run(&text, &run_dir, &[]);
+        assert_eq!(summary["event_storage"], storage);
+        let r = &summary["runs"][0];
+        let cuts: Vec<f64> = serde_json::from_value(r["boundaries"].clone()).unwrap();
+        let got = categories(&run_dir, r);
+        assert_eq!(got.len(), 1);
+        for (i, (&x, c)) in score.iter().zip(&got[0]).enumerate() {
+            let expected =
+                (x > 0.001).then(|| cuts.iter().filter(|&&cut| x >= cut).count() as i32);
+            assert_eq!(*c, expected, "{storage}: row {i}, score {x}, cuts {cuts:?}");
+        }
+    }
+}
