@@ -34,6 +34,10 @@ pub fn output_names(sources: &Sources) -> Vec<String> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| format!("input{i}")),
+            InputKind::Object(url) => {
+                let name = url.rsplit('/').next().unwrap_or(url);
+                name.strip_suffix(".parquet").unwrap_or(name).to_string()
+            }
             InputKind::Generator { source, .. } => source.clone(),
         };
         let mut name = format!("{base}.parquet");
@@ -258,6 +262,34 @@ pub fn write_categorised(
     let mut writer = ArrowWriter::try_new(file, schema.clone(), None)
         .map_err(|e| Error::output(path, e.to_string()))?;
 
+    // A reader thread decodes the next input batches while this one
+    // encodes and writes; the bounded channel keeps at most two waiting.
+    std::thread::scope(|scope| {
+        let (send, receive) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
+        scope.spawn(move || {
+            for batch in batches {
+                let failed = batch.is_err();
+                // The receiver is gone when writing failed.
+                if send.send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        write_batches(receive, &schema, &mut writer, path, &mut categorise)
+    })?;
+
+    writer.close().map_err(|e| Error::output(path, e.to_string()))?;
+    crate::atomic::persist(temp, path)
+}
+
+/// Appends the categories to each batch and writes it.
+fn write_batches(
+    batches: impl IntoIterator<Item = Result<RecordBatch>>,
+    schema: &SchemaRef,
+    writer: &mut ArrowWriter<std::fs::File>,
+    path: &Path,
+    categorise: &mut impl FnMut(&RecordBatch, usize) -> Result<Int32Array>,
+) -> Result<()> {
     let mut row = 0usize;
     for batch in batches {
         let batch = batch?;
@@ -269,9 +301,7 @@ pub fn write_categorised(
         writer.write(&out).map_err(|e| Error::output(path, e.to_string()))?;
         row += batch.num_rows();
     }
-
-    writer.close().map_err(|e| Error::output(path, e.to_string()))?;
-    crate::atomic::persist(temp, path)
+    Ok(())
 }
 
 /// Categorises the Parquet file `input` with a saved model and writes it,

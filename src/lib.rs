@@ -23,6 +23,7 @@ pub mod model;
 pub mod objective;
 pub mod optimize;
 pub mod plot;
+pub mod remote;
 pub mod report;
 pub mod run;
 pub mod select;

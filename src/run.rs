@@ -160,6 +160,9 @@ enum Engine<'a> {
 /// `summary.json`.
 pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<Summary> {
     let output = options.output.clone().unwrap_or_else(|| pipeline.output.clone());
+    if let Some(url) = output.to_str().filter(|t| crate::remote::is_remote(t)) {
+        return run_to_object_store(pipeline, options, url).await;
+    }
     check_output(pipeline, &output, options.overwrite)?;
     let result = run_checked(pipeline, options, &output).await;
     if result.is_err() {
@@ -170,6 +173,46 @@ pub async fn run_pipeline(pipeline: &Pipeline, options: &RunOptions) -> Result<S
         }
     }
     result
+}
+
+/// [`run_pipeline`] with the output on an object store: the run writes to
+/// a temporary directory, and when it is complete every file is uploaded
+/// under the prefix `url`, `summary.json` last. The paths in the summary
+/// name the uploaded objects.
+async fn run_to_object_store(
+    pipeline: &Pipeline,
+    options: &RunOptions,
+    url: &str,
+) -> Result<Summary> {
+    let url = url.trim_end_matches('/');
+    let summary_url = format!("{url}/summary.json");
+    if !options.overwrite && crate::remote::exists(&summary_url)? {
+        return Err(Error::output(
+            Path::new(url),
+            "already holds the summary.json of an earlier run; pass --overwrite to \
+             replace it, or choose another output",
+        ));
+    }
+    let local = tempfile::Builder::new().prefix("gato-output-").tempdir().map_err(|e| {
+        Error::output(
+            Path::new(url),
+            format!("cannot create a temporary directory for the outputs: {e}; set TMPDIR"),
+        )
+    })?;
+    let dir = local.path().join("out");
+    let local_options = RunOptions { output: Some(dir.clone()), ..options.clone() };
+    Box::pin(run_pipeline(pipeline, &local_options)).await?;
+    // The summary names the objects, not the temporary files.
+    let summary_path = dir.join("summary.json");
+    let text = std::fs::read_to_string(&summary_path)
+        .map_err(|e| Error::output(&summary_path, format!("cannot read back: {e}")))?;
+    let local_prefix = serde_json::to_string(&dir.display().to_string())
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let text = text.replace(local_prefix.trim_matches('"'), url);
+    crate::atomic::write(&summary_path, text.as_bytes())?;
+    crate::remote::upload_dir(&dir, url, "summary.json")?;
+    tracing::info!(output = url, "uploaded the outputs");
+    Summary::read(&summary_path)
 }
 
 /// [`run_pipeline`] after the output directory passed its checks.

@@ -8,6 +8,7 @@
 //! selected event back to its input row.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
@@ -47,6 +48,8 @@ pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
 pub struct Sources {
     inputs: Vec<LoadedInput>,
     process_names: Vec<String>,
+    /// Local copies of the inputs on object stores, deleted on drop.
+    _staged: Option<Arc<tempfile::TempDir>>,
     /// Rows whose process-column value matches no process, per input and
     /// value, counted while `events` is scanned.
     unmatched: Arc<Mutex<BTreeMap<(usize, String), usize>>>,
@@ -59,31 +62,75 @@ struct LoadedInput {
     generated: Option<Arc<Vec<RecordBatch>>>,
     /// Number of rows.
     rows: u64,
+    /// The file that is read: the input's own, or its local copy.
+    local: Option<std::path::PathBuf>,
 }
 
 impl Sources {
     /// Opens every input once to read its schema, and draws toy samples.
     pub fn open(pipeline: &Pipeline) -> Result<Sources> {
         let mut inputs = Vec::new();
-        for input in &pipeline.inputs {
-            let (raw_schema, generated, rows) = match &input.kind {
-                InputKind::File(path) => {
-                    let reader = parquet_reader(path)?;
+        let mut staged: Option<tempfile::TempDir> = None;
+        for (index, input) in pipeline.inputs.iter().enumerate() {
+            let local = match &input.kind {
+                InputKind::File(path) => Some(path.clone()),
+                InputKind::Object(url) => {
+                    if staged.is_none() {
+                        staged = Some(
+                            tempfile::Builder::new().prefix("gato-inputs-").tempdir().map_err(
+                                |e| {
+                                    Error::input(
+                                        url,
+                                        format!(
+                                            "cannot create a temporary directory for the \
+                                             copies of the inputs: {e}; set TMPDIR"
+                                        ),
+                                    )
+                                },
+                            )?,
+                        );
+                    }
+                    let dir = staged.as_ref().map(|d| d.path()).unwrap_or(Path::new("."));
+                    let copy = dir.join(format!("input{index}.parquet"));
+                    let bytes = crate::remote::download(url, &copy)?;
+                    tracing::info!(input = %url, bytes, "copied the input from the object store");
+                    Some(copy)
+                }
+                InputKind::Generator { .. } => None,
+            };
+            let (raw_schema, generated, rows) = match (&input.kind, &local) {
+                (InputKind::File(_) | InputKind::Object(_), Some(path)) => {
+                    let reader = parquet_reader(path)
+                        .map_err(|e| relabel(e, path, &input.label()))?;
                     let rows = reader.metadata().file_metadata().num_rows().max(0) as u64;
                     (reader.schema().clone(), None, rows)
                 }
-                InputKind::Generator { spec, .. } => {
+                (InputKind::Generator { spec, .. }, _) => {
                     tracing::info!(kind = ?spec.kind, seed = spec.seed, "generating toy events");
                     let batches = crate::toy::generate(spec);
                     let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
                     (spec.schema(), Some(Arc::new(batches)), rows)
                 }
+                (_, None) => {
+                    return Err(Error::Internal(format!("no file to read for {}", input.label())));
+                }
             };
             check_process_column(input, &raw_schema)?;
-            inputs.push(LoadedInput { input: input.clone(), raw_schema, generated, rows });
+            inputs.push(LoadedInput {
+                input: input.clone(),
+                raw_schema,
+                generated,
+                rows,
+                local,
+            });
         }
         let process_names = pipeline.processes.iter().map(|p| p.name.clone()).collect();
-        Ok(Sources { inputs, process_names, unmatched: Arc::default() })
+        Ok(Sources {
+            inputs,
+            process_names,
+            _staged: staged.map(Arc::new),
+            unmatched: Arc::default(),
+        })
     }
 
     /// Logs a warning per input whose rows had process values that match no
@@ -139,7 +186,14 @@ impl Sources {
                 let batches = batches.clone();
                 Ok(Box::new((0..batches.len()).map(move |i| Ok(batches[i].clone()))))
             }
-            (InputKind::File(path), None) => Ok(read_parquet_file(path)?.1),
+            (InputKind::File(_) | InputKind::Object(_), None) => {
+                let path = loaded.local.as_deref().ok_or_else(|| {
+                    Error::Internal(format!("no file to read for {}", loaded.input.label()))
+                })?;
+                read_parquet_file(path)
+                    .map(|(_, batches)| batches)
+                    .map_err(|e| relabel(e, path, &loaded.input.label()))
+            }
             (InputKind::Generator { .. }, None) => {
                 Err(Error::Internal("generator input without generated batches".into()))
             }
@@ -304,6 +358,15 @@ pub(crate) fn parquet_reader(
             ),
         )
     })
+}
+
+/// Names the input by `label` (its URL) in an error about its local copy
+/// `local`.
+fn relabel(error: Error, local: &Path, label: &str) -> Error {
+    match error {
+        Error::Input { path, message } if path == local => Error::input(label, message),
+        other => other,
+    }
 }
 
 fn describe_fields(schema: &Schema) -> String {

@@ -88,6 +88,7 @@ impl Input {
     pub fn label(&self) -> String {
         match &self.kind {
             InputKind::File(path) => path.display().to_string(),
+            InputKind::Object(url) => url.clone(),
             InputKind::Generator { source, .. } => format!("generator `{source}`"),
         }
     }
@@ -98,6 +99,8 @@ impl Input {
 pub enum InputKind {
     /// A Parquet file.
     File(PathBuf),
+    /// A Parquet object on an object store, by URL (`s3://` or `gs://`).
+    Object(String),
     /// A built-in toy generator, under the name of its source.
     Generator { source: String, spec: crate::toy::ToySpec },
 }
@@ -353,9 +356,11 @@ impl Pipeline {
                 "is empty; give a directory, or remove the key for runs/NAME".into(),
             ));
         }
-        let output = PathBuf::from(
-            file.output.clone().unwrap_or_else(|| format!("runs/{}", file.name)),
-        );
+        // A remote output stays a URL; a `file://` URL becomes its path.
+        let output = crate::remote::local_path(
+            &file.output.clone().unwrap_or_else(|| format!("runs/{}", file.name)),
+        )
+        .map_err(|m| plain("output", m))?;
         let training = file::TrainingFile {
             statistics_bins: statistics_bins(&file, &selection, &plain)?,
             ..file.training.clone()
@@ -403,7 +408,7 @@ impl Pipeline {
             .iter()
             .filter_map(|input| match &input.kind {
                 InputKind::File(path) => Some(path.as_path()),
-                InputKind::Generator { .. } => None,
+                InputKind::Object(_) | InputKind::Generator { .. } => None,
             })
             .collect()
     }
@@ -526,7 +531,7 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                         },
                         None => ProcessAssign::All(usize::MAX),
                     };
-                    inputs.push(Input { kind: InputKind::File(path), assign });
+                    inputs.push(Input { kind: input_kind(path), assign });
                 }
             }
         }
@@ -596,7 +601,7 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                     }
                     file_index.insert(canonical(&path), inputs.len());
                     inputs.push(Input {
-                        kind: InputKind::File(path),
+                        kind: input_kind(path),
                         assign: ProcessAssign::All(index),
                     });
                 }
@@ -659,7 +664,16 @@ fn canonical(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Expands paths and glob patterns, in sorted order within each pattern.
+/// An input file, or an object named by its URL.
+fn input_kind(path: PathBuf) -> InputKind {
+    match path.to_str() {
+        Some(text) if crate::remote::is_remote(text) => InputKind::Object(text.to_string()),
+        _ => InputKind::File(path),
+    }
+}
+
+/// Expands paths, `file://`, `s3://` and `gs://` URLs and glob patterns, in
+/// sorted order within each pattern. Objects come back as their URLs.
 fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
     if patterns.is_empty() {
         return Err("the list of files is empty".into());
@@ -673,6 +687,12 @@ fn expand_patterns(patterns: &[String]) -> Result<Vec<PathBuf>, String> {
                     .into(),
             );
         }
+        if crate::remote::is_remote(pattern) {
+            paths.extend(crate::remote::expand(pattern)?.into_iter().map(PathBuf::from));
+            continue;
+        }
+        let local = crate::remote::local_path(pattern)?;
+        let pattern = local.to_str().ok_or_else(|| format!("{pattern} is not UTF-8"))?;
         let is_glob = pattern.contains(['*', '?', '[']);
         if !is_glob {
             let path = PathBuf::from(pattern);

@@ -12,6 +12,7 @@ mod kill;
 mod parity;
 mod properties;
 mod reference;
+mod remote;
 mod report;
 mod statistics;
 mod toy;

@@ -1,0 +1,231 @@
+//! Inputs and outputs on object stores: `s3://bucket/key` and
+//! `gs://bucket/key` through the object_store crate, and `file://` URLs,
+//! which are local paths.
+//!
+//! Credentials and endpoints come from the usual environment variables:
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`,
+//! `AWS_REGION`, `AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for S3;
+//! `GOOGLE_SERVICE_ACCOUNT` (or `GOOGLE_APPLICATION_CREDENTIALS`) for GCS.
+//!
+//! Inputs are copied, in pieces, to a temporary directory before the run
+//! reads them, and outputs are written locally and uploaded when the run is
+//! complete, `summary.json` last. Neither needs the whole file in memory.
+//! Each call runs on a thread of its own with its own runtime, so it can be
+//! made from synchronous and asynchronous code alike.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+
+use crate::error::{Error, Result};
+
+/// Size of the parts of an upload.
+const PART_BYTES: usize = 8 << 20;
+
+/// Whether `text` names an object store location (`s3://` or `gs://`).
+pub fn is_remote(text: &str) -> bool {
+    text.starts_with("s3://") || text.starts_with("gs://")
+}
+
+/// The local path of a `file://` URL; other text is returned as a path.
+pub fn local_path(text: &str) -> std::result::Result<PathBuf, String> {
+    if !text.starts_with("file://") {
+        return Ok(PathBuf::from(text));
+    }
+    let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text}: {e}"))?;
+    url.to_file_path().map_err(|_| {
+        format!("{text} is not a local file URL; write file:///absolute/path")
+    })
+}
+
+/// The store and the object path of an `s3://` or `gs://` URL.
+fn open(text: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
+    let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text}: {e}"))?;
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "s3" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(text)
+                .build()
+                .map_err(|e| format!("{text}: {e}"))?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(text)
+                .build()
+                .map_err(|e| format!("{text}: {e}"))?,
+        ),
+        other => return Err(format!("{text}: unsupported scheme {other}://")),
+    };
+    let path = ObjectPath::from_url_path(url.path()).map_err(|e| format!("{text}: {e}"))?;
+    Ok((store, path))
+}
+
+/// The URL of `path` in the bucket of `base`.
+fn url_of(base: &str, path: &ObjectPath) -> String {
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let bucket_end =
+        base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    format!("{}/{}", &base[..bucket_end], path)
+}
+
+/// Runs `future` to completion on a new thread with its own runtime.
+fn block_on<T: Send + 'static>(
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> std::result::Result<T, String> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start a runtime for the object store: {e}"))?;
+        Ok(runtime.block_on(future))
+    })
+    .join()
+    .map_err(|_| "the object store thread panicked".to_string())?
+}
+
+/// The URLs of the objects that `pattern` names, sorted: the object itself,
+/// or for a pattern with `*`, `?` or `[` in its key every object whose key
+/// matches it.
+pub fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
+    let (store, path) = open(pattern)?;
+    let key = path.to_string();
+    let Some(glob_at) = key.find(['*', '?', '[']) else {
+        let found = block_on(async move { store.head(&path).await })?;
+        return match found {
+            Ok(_) => Ok(vec![pattern.to_string()]),
+            Err(object_store::Error::NotFound { .. }) => Err(format!(
+                "input {pattern} not found; check the bucket and the key"
+            )),
+            Err(e) => Err(format!("cannot read {pattern}: {e}")),
+        };
+    };
+    let matcher = glob::Pattern::new(&key)
+        .map_err(|e| format!("invalid glob pattern {pattern}: {e}"))?;
+    let prefix = key[..glob_at].rfind('/').map(|i| ObjectPath::from(&key[..i]));
+    let listed = block_on(async move {
+        let mut keys = Vec::new();
+        let mut objects = store.list(prefix.as_ref());
+        while let Some(object) = objects.next().await {
+            keys.push(object?.location);
+        }
+        Ok::<_, object_store::Error>(keys)
+    })?
+    .map_err(|e| format!("cannot list {pattern}: {e}"))?;
+    let mut urls: Vec<String> = listed
+        .iter()
+        .filter(|p| matcher.matches(p.as_ref()))
+        .map(|p| url_of(pattern, p))
+        .collect();
+    if urls.is_empty() {
+        return Err(format!("glob pattern {pattern} matches no object"));
+    }
+    urls.sort();
+    Ok(urls)
+}
+
+/// Copies the object `url` to the local file `dest`, piece by piece, and
+/// returns its size in bytes.
+pub fn download(url: &str, dest: &Path) -> Result<u64> {
+    let (store, path) = open(url).map_err(|m| Error::input(url, m))?;
+    let dest_owned = dest.to_path_buf();
+    let copied = block_on(async move {
+        let mut file = std::fs::File::create(&dest_owned)
+            .map_err(|e| format!("cannot create {}: {e}", dest_owned.display()))?;
+        let mut stream = store
+            .get(&path)
+            .await
+            .map_err(|e| format!("cannot read: {e}"))?
+            .into_stream();
+        let mut bytes = 0u64;
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| format!("reading stopped: {e}"))?;
+            file.write_all(&piece)
+                .map_err(|e| format!("cannot write {}: {e}", dest_owned.display()))?;
+            bytes += piece.len() as u64;
+        }
+        file.flush().map_err(|e| format!("cannot write {}: {e}", dest_owned.display()))?;
+        Ok::<u64, String>(bytes)
+    });
+    copied.and_then(|r| r).map_err(|m| Error::input(url, m))
+}
+
+/// Whether the object `url` exists.
+pub fn exists(url: &str) -> Result<bool> {
+    let (store, path) = open(url).map_err(|m| Error::output(Path::new(url), m))?;
+    let found = block_on(async move { store.head(&path).await })
+        .map_err(|m| Error::output(Path::new(url), m))?;
+    match found {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(Error::output(Path::new(url), format!("cannot read: {e}"))),
+    }
+}
+
+/// Uploads every file under `dir` to the prefix `url`, keeping the
+/// relative paths, with `last` (relative to `dir`) uploaded after all
+/// others.
+pub fn upload_dir(dir: &Path, url: &str, last: &str) -> Result<()> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let entries = std::fs::read_dir(&d)
+            .map_err(|e| Error::output(&d, format!("cannot list: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::output(&d, format!("cannot list: {e}")))?;
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    let relative = |p: &Path| p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
+    files.sort_by_key(|p| (relative(p) == last, relative(p)));
+    let base = url.trim_end_matches('/').to_string();
+    for file in files {
+        let target = format!("{base}/{}", relative(&file));
+        upload(&file, &target)?;
+        tracing::debug!(from = %file.display(), to = %target, "uploaded");
+    }
+    Ok(())
+}
+
+/// Uploads the local file `file` to the object `url`, in parts.
+fn upload(file: &Path, url: &str) -> Result<()> {
+    let fail = |m: String| Error::output(Path::new(url), m);
+    let (store, path) = open(url).map_err(fail)?;
+    let source = file.to_path_buf();
+    let done = block_on(async move {
+        use std::io::Read;
+        let mut input = std::fs::File::open(&source)
+            .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+        let upload = store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| format!("cannot start the upload: {e}"))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut buffer = vec![0u8; PART_BYTES];
+        loop {
+            let n = input
+                .read(&mut buffer)
+                .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
+            if n == 0 {
+                break;
+            }
+            // At most two parts wait in memory.
+            writer
+                .wait_for_capacity(2)
+                .await
+                .map_err(|e| format!("upload failed: {e}"))?;
+            writer.write(&buffer[..n]);
+        }
+        writer.finish().await.map_err(|e| format!("upload failed: {e}"))?;
+        Ok::<(), String>(())
+    });
+    done.and_then(|r| r).map_err(fail)
+}

@@ -1,0 +1,246 @@
+//! Inputs and outputs on an S3-compatible object store: moto's server,
+//! started on 127.0.0.1 by the test. `.ci/run` installs it and sets
+//! GATO_MOTO_SERVER and GATO_REQUIRE_MOTO; without a server the tests say
+//! so and pass, unless GATO_REQUIRE_MOTO is set.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gato::datafusion::arrow::array::{Array, Int32Array};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde_json::Value;
+
+use crate::common::{gato_bin, read_parquet};
+use crate::config_errors::write_parquet;
+
+const BUCKET: &str = "gato-test";
+
+/// A moto server, stopped on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_server() -> Option<PathBuf> {
+    let found = std::env::var_os("GATO_MOTO_SERVER").map(PathBuf::from).or_else(|| {
+        std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join("moto_server"))
+                .find(|p| p.is_file())
+        })
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("GATO_REQUIRE_MOTO").is_none(),
+            "GATO_REQUIRE_MOTO is set but no moto_server was found"
+        );
+        eprintln!("moto_server not found (set GATO_MOTO_SERVER); object store test skipped");
+    }
+    found
+}
+
+fn start_moto() -> Option<Moto> {
+    let server = moto_server()?;
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(server)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start moto_server");
+    let moto = Moto { child, port };
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Create the bucket with a plain HTTP request; moto takes it unsigned.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "PUT /{BUCKET} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "creating the bucket: {reply}");
+    Some(moto)
+}
+
+fn environment(port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "testing".into()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("AWS_ALLOW_HTTP", "true".into()),
+    ]
+}
+
+fn store(port: u16) -> Arc<dyn ObjectStore> {
+    Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_access_key_id("testing")
+            .with_secret_access_key("testing")
+            .with_region("us-east-1")
+            .with_endpoint(format!("http://127.0.0.1:{port}"))
+            .with_allow_http(true)
+            .build()
+            .unwrap(),
+    )
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn put(port: u16, key: &str, file: &Path) {
+    let bytes = std::fs::read(file).unwrap();
+    runtime()
+        .block_on(store(port).put(&ObjectPath::from(key), bytes.into()))
+        .unwrap();
+}
+
+fn get(port: u16, key: &str, file: &Path) {
+    let bytes = runtime()
+        .block_on(async { store(port).get(&ObjectPath::from(key)).await?.bytes().await })
+        .unwrap();
+    std::fs::write(file, bytes).unwrap();
+}
+
+fn pipeline(files: &str, output: &str) -> String {
+    format!(
+        "name: s3\nsources:\n  mc:\n    files: [\"{files}\"]\n    process_column: process\n\
+         processes:\n  - {{ name: signal, role: signal, source: mc }}\n\
+         \x20 - {{ name: bkg1, role: background, source: mc }}\n\
+         selection:\n  sql: SELECT score, weight FROM events WHERE score > 0.01\n  \
+         discriminants: [score]\nmodel:\n  kind: sigmoid\n  categories: [3]\n\
+         training:\n  epochs: 4\noutput: {output}\n"
+    )
+}
+
+fn gato(dir: &Path, port: u16, args: &[&str]) -> std::process::Output {
+    Command::new(gato_bin())
+        .args(args)
+        .envs(environment(port))
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn categories(file: &Path) -> Vec<Option<i32>> {
+    read_parquet(file)
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name("category").unwrap();
+            let c = c.as_any().downcast_ref::<Int32Array>().unwrap().clone();
+            (0..c.len()).map(move |i| (!c.is_null(i)).then(|| c.value(i)))
+        })
+        .collect()
+}
+
+#[test]
+fn run_reads_and_writes_s3() {
+    let Some(moto) = start_moto() else { return };
+    let port = moto.port;
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    // Two inputs with interleaved processes.
+    for (name, shift) in [("a", 0usize), ("b", 1)] {
+        let n = 4000;
+        let process: Vec<&str> =
+            (0..n).map(|i| if (i + shift) % 4 == 0 { "signal" } else { "bkg1" }).collect();
+        let score: Vec<f64> = (0..n)
+            .map(|i| {
+                let u = ((i * 7919 + shift * 13) % 4001) as f64 / 4001.0;
+                if process[i] == "signal" { u.sqrt() } else { u * u }
+            })
+            .collect();
+        let file = local.join(format!("{name}.parquet"));
+        write_parquet(&file, &process, &score, &vec![0.5; n]);
+        put(port, &format!("in/{name}.parquet"), &file);
+    }
+
+    std::fs::write(
+        dir.path().join("s3.yaml"),
+        pipeline(&format!("s3://{BUCKET}/in/*.parquet"), &format!("s3://{BUCKET}/out")),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("local.yaml"),
+        pipeline(&format!("{}/*.parquet", local.display()), "local_out"),
+    )
+    .unwrap();
+    let out = gato(dir.path(), port, &["-q", "run", "s3.yaml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = gato(dir.path(), port, &["-q", "run", "local.yaml"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The summary on the store matches the local run and names the objects.
+    let fetched = dir.path().join("summary.json");
+    get(port, "out/summary.json", &fetched);
+    let remote: Value = serde_json::from_str(&std::fs::read_to_string(&fetched).unwrap()).unwrap();
+    let local_summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("local_out/summary.json")).unwrap(),
+    )
+    .unwrap();
+    let (r, l) = (&remote["runs"][0], &local_summary["runs"][0]);
+    assert_eq!(r["table"], l["table"]);
+    assert_eq!(r["boundaries"], l["boundaries"]);
+    let outputs = r["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2);
+    for (o, lo) in outputs.iter().zip(l["outputs"].as_array().unwrap()) {
+        let url = o["output"].as_str().unwrap();
+        let input = o["input"].as_str().unwrap();
+        assert!(url.starts_with(&format!("s3://{BUCKET}/out/sigmoid_k3/")), "{url}");
+        assert!(input.starts_with(&format!("s3://{BUCKET}/in/")), "{input}");
+        let key = url.trim_start_matches(&format!("s3://{BUCKET}/"));
+        let copy = dir.path().join("fetched.parquet");
+        get(port, key, &copy);
+        let local_output = dir.path().join(lo["output"].as_str().unwrap());
+        assert_eq!(categories(&copy), categories(&local_output), "{url}");
+    }
+    // The report and the model went up too.
+    for key in ["out/report.html", "out/sigmoid_k3/model.json", "out/histograms.json"] {
+        get(port, key, &dir.path().join("fetched"));
+    }
+
+    // A second run does not replace the first without --overwrite.
+    let out = gato(dir.path(), port, &["-q", "run", "s3.yaml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already holds the summary.json"), "{stderr}");
+    let out = gato(dir.path(), port, &["-q", "run", "s3.yaml", "--overwrite"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn missing_objects_are_named() {
+    let Some(moto) = start_moto() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (files, expected) in [
+        (format!("s3://{BUCKET}/nothing/here.parquet"), "not found"),
+        (format!("s3://{BUCKET}/nothing/*.parquet"), "matches no object"),
+    ] {
+        std::fs::write(dir.path().join("p.yaml"), pipeline(&files, "out")).unwrap();
+        let out = gato(dir.path(), moto.port, &["-q", "run", "p.yaml"]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&files) && stderr.contains(expected), "{stderr}");
+    }
+}
