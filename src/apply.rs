@@ -57,7 +57,7 @@ pub fn output_names(sources: &Sources) -> Vec<String> {
 /// selection rejected get a null category. The categories go first, chunk
 /// by chunk, to one temporary file per input at the position of their row,
 /// and each input is then copied batch by batch with its categories read
-/// back in row order, so memory holds one chunk and one batch.
+/// back in row order, so memory contains a few chunks and batches.
 pub fn apply(
     sources: &Sources,
     events: &EventSet,
@@ -208,7 +208,7 @@ struct CategoryReader {
 }
 
 impl CategoryReader {
-    /// The categories of the next `rows` rows.
+    /// Reads the categories of the next `rows` rows.
     fn next(&mut self, rows: usize) -> Result<Int32Array> {
         use std::io::Read;
         let mut bytes = vec![0u8; rows * 4];

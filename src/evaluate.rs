@@ -167,9 +167,9 @@ impl CategoryYields {
         }
     }
 
-    /// The table; `factors` (one per category) scale the yields, and their
-    /// squares the Σw², of the background processes named in
-    /// `objective.background_reweight`; `None` scales nothing.
+    /// Builds the table. `factors` (one per category) scale the yields, and
+    /// their squares the Σw², of the background processes named in
+    /// `objective.background_reweight`, and `None` scales nothing.
     pub fn table(
         &self,
         pipeline: &Pipeline,
@@ -339,7 +339,7 @@ pub fn dp_optimum(
     if signals.len() != 1 || events.discriminants.len() != 1 {
         return None;
     }
-    let mut histogram = DpHistogram::new(pipeline, bins);
+    let mut histogram = DpHistogram::new(bins);
     histogram.add(pipeline, events);
     histogram.optimum(pipeline, k)
 }
@@ -353,8 +353,8 @@ pub struct DpHistogram {
 }
 
 impl DpHistogram {
-    /// Empty bins on the model range of the single discriminant.
-    pub fn new(_pipeline: &Pipeline, bins: usize) -> DpHistogram {
+    /// Creates `bins` empty bins on the model range of the single discriminant.
+    pub fn new(bins: usize) -> DpHistogram {
         DpHistogram { s: vec![0.0; bins], b: vec![0.0; bins] }
     }
 
@@ -378,7 +378,7 @@ impl DpHistogram {
         }
     }
 
-    /// The best partition into `k` groups of bins, as [`dp_optimum`].
+    /// Finds the best partition into `k` groups of bins, as [`dp_optimum`].
     pub fn optimum(&self, pipeline: &Pipeline, k: usize) -> Option<DpOptimum> {
     if pipeline.signal_indices().len() != 1 || pipeline.model.ranges.len() != 1 {
         return None;
@@ -534,7 +534,7 @@ impl ArgmaxYields {
     }
     }
 
-    /// The baseline from the yields added so far.
+    /// Computes the baseline from the yields added so far.
     pub fn baseline(&self, pipeline: &Pipeline) -> ArgmaxBaseline {
     let (low, k) = (self.low, self.k);
     let n = self.signal_yield.len();

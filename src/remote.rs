@@ -26,12 +26,12 @@ use crate::error::{Error, Result};
 /// Size of the parts of an upload.
 const PART_BYTES: usize = 8 << 20;
 
-/// Whether `text` names an object store location (`s3://` or `gs://`).
+/// Returns whether `text` names an object store location (`s3://` or `gs://`).
 pub fn is_remote(text: &str) -> bool {
     text.starts_with("s3://") || text.starts_with("gs://")
 }
 
-/// The local path of a `file://` URL; other text is returned as a path.
+/// Returns the local path of a `file://` URL, or `text` itself as a path.
 pub fn local_path(text: &str) -> std::result::Result<PathBuf, String> {
     if !text.starts_with("file://") {
         return Ok(PathBuf::from(text));
@@ -42,7 +42,8 @@ pub fn local_path(text: &str) -> std::result::Result<PathBuf, String> {
     })
 }
 
-/// The store and the object path of an `s3://` or `gs://` URL.
+/// Opens the store of an `s3://` or `gs://` URL and returns it with the
+/// object path.
 fn open(text: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
     let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text}: {e}"))?;
     let store: Arc<dyn ObjectStore> = match url.scheme() {
@@ -64,7 +65,7 @@ fn open(text: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), S
     Ok((store, path))
 }
 
-/// The URL of `path` in the bucket of `base`.
+/// Returns the URL of `path` in the bucket of `base`.
 fn url_of(base: &str, path: &ObjectPath) -> String {
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let bucket_end =
@@ -87,9 +88,9 @@ fn block_on<T: Send + 'static>(
     .map_err(|_| "the object store thread panicked".to_string())?
 }
 
-/// The URLs of the objects that `pattern` names, sorted: the object itself,
-/// or for a pattern with `*`, `?` or `[` in its key every object whose key
-/// matches it.
+/// Lists the URLs of the objects that `pattern` names, sorted. A pattern
+/// with `*`, `?` or `[` in its key names every object whose key matches
+/// it; any other pattern names one object, which must exist.
 pub fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
     let (store, path) = open(pattern)?;
     let key = path.to_string();
@@ -153,7 +154,7 @@ pub fn download(url: &str, dest: &Path) -> Result<u64> {
     copied.and_then(|r| r).map_err(|m| Error::input(url, m))
 }
 
-/// Whether the object `url` exists.
+/// Returns whether the object `url` exists.
 pub fn exists(url: &str) -> Result<bool> {
     let (store, path) = open(url).map_err(|m| Error::output(Path::new(url), m))?;
     let found = block_on(async move { store.head(&path).await })

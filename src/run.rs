@@ -44,10 +44,10 @@ pub struct RunOptions {
     pub print: bool,
     /// Training device; the pipeline's `device` when `None`.
     pub device: Option<DeviceChoice>,
-    /// Memory budget in MiB that decides where the selected events are kept
-    /// (`selection.events: auto`) and, when `training.chunk_events` is not
-    /// set, between the one-pass and the two-pass gradient; half the
-    /// machine's memory when `None`.
+    /// Memory budget in MiB, half the machine's memory when `None`. It
+    /// decides where the selected events are kept (`selection.events:
+    /// auto`), and between the one-pass and the two-pass gradient when
+    /// `training.chunk_events` is not set.
     pub memory_limit_mib: Option<f64>,
 }
 
@@ -75,22 +75,22 @@ pub fn chunk_for_memory(
     Some(((budget / per_event) as usize).max(10_000))
 }
 
-/// Bytes per selected event kept in memory: the selected columns twice
-/// (DataFusion's sort and gato's copy) and the resident training tensors.
+/// Estimated bytes per selected event kept in memory: gato's columns, 12
+/// more while they are put in order, and the resident training tensors.
 fn memory_bytes_per_event(dims: usize, mass: bool) -> f64 {
     let columns = 8.0 * (dims + 1 + usize::from(mass)) as f64 + 16.0;
-    2.0 * columns + 8.0 * (dims + 2) as f64
+    columns + 12.0 + 8.0 * (dims + 2) as f64
 }
 
 /// Largest chunk of events on disk.
 const MAX_DISK_CHUNK: usize = 1 << 20;
 
-/// Where the selection keeps the events of `rows` input rows under a
-/// memory budget of `limit_mib`: `selection.events`, or for `auto` on disk
-/// when keeping them in memory would take more than half the budget (never
-/// with a sideband fit, which needs them in memory). Chunks on disk have
-/// `training.chunk_events` events, or as many as the gradient graph of a
-/// chunk fits in half the budget.
+/// Decides where the selection keeps the events of `rows` input rows under
+/// a memory budget of `limit_mib`. `selection.events` decides, and `auto`
+/// means on disk when keeping them in memory would take more than half the
+/// budget, except with a sideband fit, which needs them in memory. Chunks
+/// on disk have `training.chunk_events` events, or as many as keep the
+/// gradient graph of a chunk within half the budget.
 pub fn keep_for(pipeline: &Pipeline, rows: u64, k: usize, limit_mib: f64) -> Keep {
     let dims = pipeline.selection.discriminants.len();
     let per_event = memory_bytes_per_event(dims, pipeline.selection.mass.is_some());
@@ -122,8 +122,7 @@ pub fn keep_for(pipeline: &Pipeline, rows: u64, k: usize, limit_mib: f64) -> Kee
 /// of chunks instead of staying at the size of a few.
 fn return_large_blocks() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a malloc tuning parameter; it is called
-    // before the selection starts the threads that allocate chunks.
+    // SAFETY: mallopt only changes a tuning parameter of glibc's malloc.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
@@ -777,7 +776,7 @@ fn evaluate_run(
     let mut learnt = CategoryYields::new(pipeline, k);
     let mut equal = CategoryYields::new(pipeline, k);
     let mut dp = (events.dims() == 1 && pipeline.signal_indices().len() == 1)
-        .then(|| DpHistogram::new(pipeline, pipeline.evaluation.dp_bins));
+        .then(|| DpHistogram::new(pipeline.evaluation.dp_bins));
     let mut argmax =
         pipeline.evaluation.argmax_low.map(|low| ArgmaxYields::new(pipeline, k, low));
     events.for_each_chunk(|chunk| {

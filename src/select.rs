@@ -209,7 +209,7 @@ pub async fn check(pipeline: &Pipeline, sources: &Sources) -> Result<()> {
     plan(pipeline, sources, Keep::Memory).await.map(|_| ())
 }
 
-/// Where [`select_into`] keeps the selected events.
+/// Storage of the selected events by [`select_into`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
     /// Every event in memory.
@@ -242,8 +242,8 @@ pub async fn select_with_progress(
     }
 }
 
-/// Runs the selection and keeps the events as `keep` says, counting them
-/// on `progress` as they arrive.
+/// Runs the selection and keeps the events as `keep` requests, counting
+/// them on `progress` as they arrive.
 ///
 /// DataFusion returns the events sorted by process, input and row, so the
 /// result depends only on the inputs and the query, and an event returned
@@ -628,7 +628,7 @@ impl<'a> Ingest<'a> {
     }
 }
 
-/// The error for an event the query returned more than once.
+/// Builds the error for an event the query returned more than once.
 fn returned_twice(pipeline: &Pipeline, input: u32, row: u64) -> Error {
     Error::Select(format!(
         "the query returned row {row} of input {} more than once; a selection must \

@@ -3,8 +3,8 @@
 //!
 //! Every stage after the selection reads the events through
 //! [`EventSet::for_each_chunk`]. In memory the whole set is one chunk; on
-//! disk each chunk is read from a temporary file, so memory holds one chunk
-//! whatever the number of events. Chunks come in event order (process,
+//! disk each chunk is read from a temporary file, so memory contains a few
+//! chunks whatever the number of events. Chunks come in event order (process,
 //! input, row), so sums accumulated chunk by chunk add the same numbers in
 //! the same order as one pass over the events in memory.
 
@@ -55,7 +55,7 @@ impl EventSet {
         }
     }
 
-    /// Whether the events carry the `selection.mass` column.
+    /// Returns whether the events carry the `selection.mass` column.
     pub fn has_mass(&self) -> bool {
         match self {
             EventSet::Memory(e) => e.mass.is_some(),
@@ -63,7 +63,7 @@ impl EventSet {
         }
     }
 
-    /// The events, when they are in memory.
+    /// Returns the events when they are in memory.
     pub fn in_memory(&self) -> Option<&Events> {
         match self {
             EventSet::Memory(e) => Some(e),
@@ -125,7 +125,7 @@ impl EventSet {
 
 /// Events written in chunks to a temporary file, deleted on drop.
 ///
-/// Each chunk holds its events column after column, little-endian: each
+/// Each chunk contains its events column after column, little-endian: each
 /// discriminant (f64), the weight (f64), the mass (f64, when present), the
 /// process (u32), the input (u32) and the row (u64).
 #[derive(Debug)]
@@ -169,6 +169,7 @@ impl DiskEvents {
     fn read(&self, file: &mut File, chunk: usize) -> Result<Events> {
         let (offset, n) = self.chunks[chunk];
         file.seek(SeekFrom::Start(offset)).map_err(|e| self.error(e))?;
+
         let mut reader = std::io::BufReader::with_capacity(1 << 16, file);
         let mut f64s = || read_column(&mut reader, n, f64::from_le_bytes);
         let discriminants: Vec<Vec<f64>> =
@@ -178,6 +179,7 @@ impl DiskEvents {
         let process = read_column(&mut reader, n, u32::from_le_bytes).map_err(|e| self.error(e))?;
         let input = read_column(&mut reader, n, u32::from_le_bytes).map_err(|e| self.error(e))?;
         let row = read_column(&mut reader, n, u64::from_le_bytes).map_err(|e| self.error(e))?;
+
         let mut start = 0;
         let process_ranges = (0..self.processes)
             .map(|p| {

@@ -171,12 +171,12 @@ pub struct SelectionFile {
     /// Output column holding the invariant mass, for `objective.sideband_fit`.
     #[serde(default)]
     pub mass: Option<String>,
-    /// Where the selected events are kept.
+    /// Storage of the selected events.
     #[serde(default)]
     pub events: EventStorage,
 }
 
-/// Where the selected events are kept between the stages of a run.
+/// Storage of the selected events between the stages of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventStorage {

@@ -139,7 +139,7 @@ pub struct Selection {
     pub non_finite: NonFinitePolicy,
     /// Output column holding the invariant mass.
     pub mass: Option<String>,
-    /// Where the selected events are kept.
+    /// Storage of the selected events.
     pub events: EventStorage,
 }
 
@@ -664,7 +664,7 @@ fn canonical(path: &Path) -> PathBuf {
     path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// An input file, or an object named by its URL.
+/// Returns the kind of an input: a file, or an object named by its URL.
 fn input_kind(path: PathBuf) -> InputKind {
     match path.to_str() {
         Some(text) if crate::remote::is_remote(text) => InputKind::Object(text.to_string()),

@@ -7,10 +7,9 @@ use serde::Serialize;
 use super::Optimizer;
 use crate::config::{Checkpoint, ModelKind, Pipeline};
 use crate::error::{Error, Result};
-use crate::evaluate::evaluate;
+use crate::evaluate::{CategoryTable, CategoryYields, evaluate};
 use crate::model::{CategoryModel, Params, tensor1, to_host};
 use crate::objective::{EventTensors, Objective, SoftYields};
-use crate::evaluate::{CategoryTable, CategoryYields};
 use crate::select::Events;
 use crate::store::EventSet;
 

@@ -75,7 +75,7 @@ fn equal_edges(lo: f64, hi: f64, bins: usize) -> Vec<f64> {
     (0..=bins).map(|b| lo + (hi - lo) * b as f64 / bins as f64).collect()
 }
 
-/// An empty histogram of one column with one row per process.
+/// Creates an empty histogram of one column with one row per process.
 fn empty_histogram(
     processes: usize,
     column: &str,

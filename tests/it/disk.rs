@@ -45,7 +45,8 @@ fn close(a: f64, b: f64, what: &str) {
     assert!((a - b).abs() <= 1e-12 * a.abs().max(1e-300), "{what}: {a} vs {b}");
 }
 
-/// The `category` column of every output file of a run, in file order.
+/// Reads the `category` column of every output file of a run, in file
+/// order.
 fn categories(dir: &Path, run: &Value) -> Vec<Vec<Option<i32>>> {
     use gato::datafusion::arrow::array::{Array, Int32Array};
     run["outputs"]

@@ -1,7 +1,7 @@
 //! Inputs and outputs on an S3-compatible object store: moto's server,
 //! started on 127.0.0.1 by the test. `.ci/run` installs it and sets
-//! GATO_MOTO_SERVER and GATO_REQUIRE_MOTO; without a server the tests say
-//! so and pass, unless GATO_REQUIRE_MOTO is set.
+//! GATO_MOTO_SERVER and GATO_REQUIRE_MOTO. Without a server the tests
+//! print a message and pass, unless GATO_REQUIRE_MOTO is set.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -241,6 +241,7 @@ fn missing_objects_are_named() {
         let out = gato(dir.path(), moto.port, &["-q", "run", "p.yaml"]);
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&files) && stderr.contains(expected), "{stderr}");
+        assert!(stderr.contains(&files), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
     }
 }
