@@ -4,7 +4,7 @@
 //! ```text
 //! pipeline.yaml ─► config ─► Pipeline
 //!   source    Parquet files or a built-in toy generator, one table `events`
-//!   select    DataFusion SQL: selection, discriminant, event weight
+//!   select    DataFusion SQL or Polars: selection, discriminants, weight
 //!   model     sigmoid cuts or a Gaussian mixture on burn tensors
 //!   objective soft yields ─► Asimov significance − penalties
 //!   optimize  RMSprop or Adam with annealed schedules, restarts
@@ -23,6 +23,7 @@ pub mod model;
 pub mod objective;
 pub mod optimize;
 pub mod plot;
+pub mod polars_select;
 pub mod remote;
 pub mod report;
 pub mod run;
@@ -35,4 +36,5 @@ pub mod toy;
 
 pub use burn;
 pub use datafusion;
+pub use polars;
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
-//! The selection stage: runs the pipeline's SQL on DataFusion over the table
-//! `events` and collects the selected events as [`Events`].
+//! The selection stage: runs the pipeline's SQL on DataFusion (or on Polars,
+//! see [`crate::polars_select`]) over the table `events` and collects the
+//! selected events as [`Events`].
 //!
 //! The query may filter rows, compute discriminants and weights, and join
 //! lookup tables, but it must keep one output row per event. gato rewrites
@@ -20,7 +21,7 @@ use datafusion::logical_expr::{LogicalPlan, Projection};
 use datafusion::prelude::{Expr, SessionContext};
 use futures::StreamExt;
 
-use crate::config::{NonFinitePolicy, Pipeline, Role};
+use crate::config::{NonFinitePolicy, Pipeline, Role, SelectEngine};
 use crate::error::{Error, Result};
 use crate::store::EventSet;
 use crate::source::{
@@ -206,7 +207,15 @@ impl Binner {
 /// Plans the selection and checks its output columns without reading
 /// events.
 pub async fn check(pipeline: &Pipeline, sources: &Sources) -> Result<()> {
+    if uses_polars(pipeline) {
+        return crate::polars_select::check(pipeline, sources);
+    }
     plan(pipeline, sources, Keep::Memory).await.map(|_| ())
+}
+
+/// Whether Polars runs the selection: `engine: polars`, or a lazy query.
+fn uses_polars(pipeline: &Pipeline) -> bool {
+    pipeline.selection.engine == SelectEngine::Polars || pipeline.selection.lazy.is_some()
 }
 
 /// Storage of the selected events by [`select_into`].
@@ -254,6 +263,18 @@ pub async fn select_into(
     keep: Keep,
     progress: &indicatif::ProgressBar,
 ) -> Result<EventSet> {
+    if uses_polars(pipeline) {
+        let mut ingest = Ingest::new(pipeline, keep)?;
+        let sorted = matches!(keep, Keep::Disk { .. });
+        // Polars runs the query on its own threads; this one only waits.
+        crate::polars_select::run(pipeline, sources, sorted, |batch| {
+            ingest.push(batch)?;
+            progress.inc(batch.num_rows() as u64);
+            Ok(())
+        })?;
+        progress.finish_and_clear();
+        return ingest.finish();
+    }
     let (state, plan) = plan(pipeline, sources, keep).await?;
     let plan = match keep {
         Keep::Memory => plan,
@@ -739,7 +760,7 @@ fn carry_hidden_columns(plan: LogicalPlan) -> Result<LogicalPlan> {
     Ok(plan)
 }
 
-fn visible_columns(sources: &Sources) -> String {
+pub(crate) fn visible_columns(sources: &Sources) -> String {
     let mut names: Vec<String> = (0..sources.len().min(1))
         .flat_map(|i| {
             sources

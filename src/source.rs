@@ -221,8 +221,21 @@ impl Sources {
     ///
     /// All inputs must give the same columns; the error lists the difference.
     pub fn events_table(&self) -> Result<StreamingTable> {
+        let schema = self.common_events_schema()?;
+        let partitions: Vec<Arc<dyn PartitionStream>> = (0..self.inputs.len())
+            .map(|index| {
+                Arc::new(EventsPartition { sources: self.clone(), index, schema: schema.clone() })
+                    as Arc<dyn PartitionStream>
+            })
+            .collect();
+        StreamingTable::try_new(schema, partitions)
+            .map_err(|e| Error::datafusion("building the table `events`", e))
+    }
+
+    /// Schema of the table `events`, after checking that every input gives
+    /// the same columns; the error lists the difference.
+    pub(crate) fn common_events_schema(&self) -> Result<SchemaRef> {
         let schema = self.events_schema(0);
-        let mut partitions: Vec<Arc<dyn PartitionStream>> = Vec::new();
         for index in 0..self.inputs.len() {
             let this = self.events_schema(index);
             if this.fields() != schema.fields() {
@@ -237,14 +250,35 @@ impl Sources {
                     ),
                 ));
             }
-            partitions.push(Arc::new(EventsPartition {
-                sources: self.clone(),
-                index,
-                schema: schema.clone(),
-            }));
         }
-        StreamingTable::try_new(schema, partitions)
-            .map_err(|e| Error::datafusion("building the table `events`", e))
+        Ok(schema)
+    }
+
+    /// The local Parquet file of input `index`: the input's own file or its
+    /// copy of an object; `None` for a generator.
+    pub(crate) fn local_file(&self, index: usize) -> Option<&Path> {
+        let loaded = &self.inputs[index];
+        match loaded.generated {
+            Some(_) => None,
+            None => loaded.local.as_deref(),
+        }
+    }
+
+    /// Names of the pipeline's processes, by index.
+    pub(crate) fn process_names(&self) -> &[String] {
+        &self.process_names
+    }
+
+    /// Reads input `index` as rows of `events`, in order.
+    pub(crate) fn events_batches(&self, index: usize) -> Result<Vec<RecordBatch>> {
+        let mut first_row = 0i64;
+        let mut out = Vec::new();
+        for batch in self.read(index)? {
+            let batch = batch?;
+            out.push(self.to_events(index, first_row, &batch)?);
+            first_row += batch.num_rows() as i64;
+        }
+        Ok(out)
     }
 
     /// Turns a raw batch of input `index` that starts at row `first_row` into

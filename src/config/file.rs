@@ -174,6 +174,20 @@ pub struct SelectionFile {
     /// Storage of the selected events.
     #[serde(default)]
     pub events: EventStorage,
+    /// Query engine that runs the SQL.
+    #[serde(default)]
+    pub engine: SelectEngine,
+}
+
+/// Query engine of the selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SelectEngine {
+    /// Apache DataFusion.
+    #[default]
+    DataFusion,
+    /// Polars, with its SQL dialect.
+    Polars,
 }
 
 /// Storage of the selected events between the stages of a run.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde_saphyr::{Location, Spanned};
 
 pub use file::{
-    Checkpoint, CombineRule, EventStorage, GeneratorKind, GmmInit, MeanMapping, ModelKind,
+    Checkpoint, CombineRule, EventStorage, SelectEngine, GeneratorKind, GmmInit, MeanMapping, ModelKind,
     NonFinitePolicy, OptimizerKind, ReportFile, Role, SignificanceKind, Statistics,
 };
 pub use schedule::Schedule;
@@ -141,6 +141,11 @@ pub struct Selection {
     pub mass: Option<String>,
     /// Storage of the selected events.
     pub events: EventStorage,
+    /// Query engine that runs the SQL.
+    pub engine: SelectEngine,
+    /// A Polars lazy query that replaces the SQL (engine `polars`; set from
+    /// Rust only).
+    pub lazy: Option<crate::polars_select::LazyQuery>,
 }
 
 /// The validated model settings.
@@ -775,6 +780,8 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
         non_finite: s.non_finite,
         mass: s.mass.clone(),
         events: s.events,
+        engine: s.engine,
+        lazy: None,
     })
 }
 

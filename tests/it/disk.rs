@@ -47,7 +47,7 @@ fn close(a: f64, b: f64, what: &str) {
 
 /// Reads the `category` column of every output file of a run, in file
 /// order.
-fn categories(dir: &Path, run: &Value) -> Vec<Vec<Option<i32>>> {
+pub(crate) fn categories(dir: &Path, run: &Value) -> Vec<Vec<Option<i32>>> {
     use gato::datafusion::arrow::array::{Array, Int32Array};
     run["outputs"]
         .as_array()

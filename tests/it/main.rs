@@ -10,6 +10,7 @@ mod fuzz_regressions;
 mod grid;
 mod kill;
 mod parity;
+mod polars;
 mod properties;
 mod reference;
 mod remote;
