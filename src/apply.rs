@@ -12,12 +12,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int32Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::parquet;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_writer::{
-    ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves,
-};
-use datafusion::parquet::file::writer::SerializedFileWriter;
 
 use crate::config::InputKind;
 use crate::error::{Error, Result};
@@ -264,7 +259,8 @@ pub fn write_categorised(
     let schema = Arc::new(Schema::new_with_metadata(fields, raw.metadata().clone()));
     let temp = crate::atomic::temp_file_for(path)?;
     let file = temp.reopen().map_err(|e| Error::output(temp.path(), e.to_string()))?;
-    let mut writer = ColumnParallelWriter::try_new(file, schema.clone(), path)?;
+    let mut writer = ArrowWriter::try_new(file, schema.clone(), None)
+        .map_err(|e| Error::output(path, e.to_string()))?;
 
     // A reader thread decodes the next input batches while this one
     // encodes and writes; the bounded channel keeps at most two waiting.
@@ -279,10 +275,10 @@ pub fn write_categorised(
                 }
             }
         });
-        write_batches(receive, &schema, &mut writer, &mut categorise)
+        write_batches(receive, &schema, &mut writer, path, &mut categorise)
     })?;
 
-    writer.close()?;
+    writer.close().map_err(|e| Error::output(path, e.to_string()))?;
     crate::atomic::persist(temp, path)
 }
 
@@ -290,7 +286,8 @@ pub fn write_categorised(
 fn write_batches(
     batches: impl IntoIterator<Item = Result<RecordBatch>>,
     schema: &SchemaRef,
-    writer: &mut ColumnParallelWriter,
+    writer: &mut ArrowWriter<std::fs::File>,
+    path: &Path,
     categorise: &mut impl FnMut(&RecordBatch, usize) -> Result<Int32Array>,
 ) -> Result<()> {
     let mut row = 0usize;
@@ -301,129 +298,10 @@ fn write_batches(
         columns.push(Arc::new(column));
         let out = RecordBatch::try_new(schema.clone(), columns)
             .map_err(|e| Error::Internal(format!("building output batch: {e}")))?;
-        writer.write(&out)?;
+        writer.write(&out).map_err(|e| Error::output(path, e.to_string()))?;
         row += batch.num_rows();
     }
     Ok(())
-}
-
-/// Rows per row group of the written files, as in the parquet crate's
-/// default writer properties.
-const ROW_GROUP_ROWS: usize = 1024 * 1024;
-
-/// A Parquet writer that encodes the columns of each batch on several
-/// threads at once.
-///
-/// It writes with `ArrowWriter`'s default properties and embeds the Arrow
-/// schema, as `ArrowWriter` does. A row group ends at the first batch
-/// boundary at or after [`ROW_GROUP_ROWS`] rows.
-struct ColumnParallelWriter {
-    file: SerializedFileWriter<std::fs::File>,
-    factory: ArrowRowGroupWriterFactory,
-    schema: SchemaRef,
-    /// Column writers of the row group being filled, one per leaf column.
-    columns: Option<Vec<ArrowColumnWriter>>,
-    rows: usize,
-    row_groups: usize,
-    threads: usize,
-    path: PathBuf,
-}
-
-impl ColumnParallelWriter {
-    fn try_new(file: std::fs::File, schema: SchemaRef, path: &Path) -> Result<Self> {
-        let failed = |e: parquet::errors::ParquetError| Error::output(path, e.to_string());
-        let (file, factory) = ArrowWriter::try_new(file, schema.clone(), None)
-            .and_then(ArrowWriter::into_serialized_writer)
-            .map_err(failed)?;
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Ok(ColumnParallelWriter {
-            file,
-            factory,
-            schema,
-            columns: None,
-            rows: 0,
-            row_groups: 0,
-            threads,
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn error(&self, e: parquet::errors::ParquetError) -> Error {
-        Error::output(&self.path, e.to_string())
-    }
-
-    /// Encodes `batch` into the current row group and writes the row group
-    /// once it is full.
-    fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if self.columns.is_none() {
-            let columns = self
-                .factory
-                .create_column_writers(self.row_groups)
-                .map_err(|e| self.error(e))?;
-            self.columns = Some(columns);
-        }
-        let mut leaves = Vec::new();
-        for (field, array) in self.schema.fields().iter().zip(batch.columns()) {
-            leaves.extend(compute_leaves(field, array).map_err(|e| self.error(e))?);
-        }
-
-        let columns = self.columns.as_mut().expect("column writers were created above");
-        // Leaf i goes to column writer i; each thread takes every
-        // `threads`-th column.
-        let threads = self.threads.min(columns.len()).max(1);
-        let mut shares: Vec<Vec<(&mut ArrowColumnWriter, &ArrowLeafColumn)>> =
-            (0..threads).map(|_| Vec::new()).collect();
-        for (i, pair) in columns.iter_mut().zip(&leaves).enumerate() {
-            shares[i % threads].push(pair);
-        }
-        let results: Vec<parquet::errors::Result<()>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = shares
-                .into_iter()
-                .map(|share| {
-                    scope.spawn(move || {
-                        share.into_iter().try_for_each(|(writer, leaf)| writer.write(leaf))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a column encoder thread panicked"))
-                .collect()
-        });
-        for result in results {
-            result.map_err(|e| self.error(e))?;
-        }
-
-        self.rows += batch.num_rows();
-        if self.rows >= ROW_GROUP_ROWS {
-            self.flush_row_group()?;
-        }
-        Ok(())
-    }
-
-    /// Appends the encoded columns of the current row group to the file.
-    fn flush_row_group(&mut self) -> Result<()> {
-        let Some(columns) = self.columns.take() else {
-            return Ok(());
-        };
-        let path = &self.path;
-        let failed = |e: parquet::errors::ParquetError| Error::output(path, e.to_string());
-        let mut row_group = self.file.next_row_group().map_err(failed)?;
-        for column in columns {
-            column.close().and_then(|c| c.append_to_row_group(&mut row_group)).map_err(failed)?;
-        }
-        row_group.close().map_err(failed)?;
-        self.rows = 0;
-        self.row_groups += 1;
-        Ok(())
-    }
-
-    /// Writes the last row group and the file footer.
-    fn close(mut self) -> Result<()> {
-        self.flush_row_group()?;
-        self.file.close().map_err(|e| Error::output(&self.path, e.to_string()))?;
-        Ok(())
-    }
 }
 
 /// Categorises the Parquet file `input` with a saved model and writes it,
