@@ -76,18 +76,21 @@ pub fn events_frame(sources: &Sources) -> Result<pl::LazyFrame> {
         .map_err(|e| Error::Select(format!("Polars: joining the inputs into `events`: {e}")))
 }
 
-/// Scans one Parquet input as a stream and adds gato's columns.
-fn file_frame(sources: &Sources, index: usize, path: &Path) -> Result<pl::LazyFrame> {
-    let input = sources.input(index);
+/// Scans the Parquet file of input `index` as a stream.
+fn scan(sources: &Sources, index: usize, path: &Path) -> Result<pl::LazyFrame> {
     let polars_error = |e: pl::PolarsError| {
-        Error::input(input.label(), format!("Polars cannot scan it: {e}"))
+        Error::input(sources.input(index).label(), format!("Polars cannot scan it: {e}"))
     };
     let location = pl::PlRefPath::try_from_path(path).map_err(polars_error)?;
     let args = pl::ScanArgsParquet { glob: false, ..Default::default() };
+    pl::LazyFrame::scan_parquet(location, args).map_err(polars_error)
+}
+
+/// Scans one Parquet input as a stream and adds gato's columns.
+fn file_frame(sources: &Sources, index: usize, path: &Path) -> Result<pl::LazyFrame> {
+    let input = sources.input(index);
     // The row index is taken in file order, before any filter.
-    let frame = pl::LazyFrame::scan_parquet(location, args)
-        .map_err(polars_error)?
-        .with_row_index(ROW_COLUMN, None);
+    let frame = scan(sources, index, path)?.with_row_index(ROW_COLUMN, None);
     let names = sources.process_names();
     let process = match &input.assign {
         ProcessAssign::All(p) => pl::lit(*p as i32),
@@ -116,6 +119,47 @@ fn file_frame(sources: &Sources, index: usize, path: &Path) -> Result<pl::LazyFr
             pl::lit(index as i32).cast(pl::DataType::Int32).alias(INPUT_COLUMN),
             pl::col(ROW_COLUMN).cast(pl::DataType::Int64),
         ]))
+}
+
+/// Counts the rows of each Parquet input whose process value matches no
+/// process, by value, for [`Sources::warn_unmatched`].
+///
+/// DataFusion's table `events` counts them while it is read. Polars reads
+/// only the process column once more for them.
+pub fn count_unmatched(sources: &Sources) -> Result<()> {
+    for index in 0..sources.len() {
+        let (Some(path), ProcessAssign::ByColumn { column, values }) =
+            (sources.local_file(index), &sources.input(index).assign)
+        else {
+            continue;
+        };
+        let value = pl::col(column.as_str()).cast(pl::DataType::String);
+        let matched = values.keys().fold(pl::lit(false), |any, known| {
+            any.or(pl::col("value").eq(pl::lit(known.as_str())))
+        });
+        // A null value matches nothing: the comparisons give null, so the
+        // negation is filled with true.
+        let counts = scan(sources, index, path)?
+            .select([value.alias("value")])
+            .filter(matched.not().fill_null(pl::lit(true)))
+            .group_by([pl::col("value")])
+            .agg([pl::len().cast(pl::DataType::UInt64).alias("rows")])
+            .collect()
+            .map_err(|e| polars_internal("counting unmatched process values", e))?;
+        let names = counts
+            .column("value")
+            .and_then(|c| c.as_materialized_series().str().cloned())
+            .map_err(|e| polars_internal("reading the unmatched values", e))?;
+        let rows = counts
+            .column("rows")
+            .and_then(|c| c.as_materialized_series().u64().cloned())
+            .map_err(|e| polars_internal("reading the unmatched counts", e))?;
+        for (name, n) in names.iter().zip(rows.iter()) {
+            let name = name.unwrap_or("<null>").to_string();
+            sources.add_unmatched(index, name, n.unwrap_or(0) as usize);
+        }
+    }
+    Ok(())
 }
 
 /// Hands the generated events of a toy input to Polars through the C Data

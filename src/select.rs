@@ -273,6 +273,8 @@ pub async fn select_into(
             Ok(())
         })?;
         progress.finish_and_clear();
+        crate::polars_select::count_unmatched(sources)?;
+        sources.warn_unmatched();
         return ingest.finish();
     }
     let (state, plan) = plan(pipeline, sources, keep).await?;

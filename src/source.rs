@@ -133,6 +133,13 @@ impl Sources {
         })
     }
 
+    /// Adds `rows` rows of input `index` whose process value `value` matches
+    /// no process to the counts of [`Sources::warn_unmatched`].
+    pub(crate) fn add_unmatched(&self, index: usize, value: String, rows: usize) {
+        let mut counts = self.unmatched.lock().expect("lock is not poisoned");
+        *counts.entry((index, value)).or_default() += rows;
+    }
+
     /// Logs a warning per input whose rows had process values that match no
     /// process, with the counts, and resets the counts.
     pub fn warn_unmatched(&self) {

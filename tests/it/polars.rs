@@ -256,16 +256,19 @@ fn non_selections_are_rejected() {
     }
 }
 
-fn run(text: &str, dir: &Path) -> Value {
+/// Runs `gato run` on `text` in `dir` and returns summary.json and the
+/// standard error output.
+fn run(text: &str, dir: &Path) -> (Value, String) {
     std::fs::write(dir.join("pipeline.yaml"), text).unwrap();
     let out = Command::new(gato_bin())
         .args(["-q", "run", "pipeline.yaml"])
         .current_dir(dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap())
-        .unwrap()
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let summary = std::fs::read_to_string(dir.join("out/summary.json")).unwrap();
+    (serde_json::from_str(&summary).unwrap(), stderr)
 }
 
 #[test]
@@ -283,8 +286,8 @@ fn run_with_polars_equals_run_with_datafusion() {
         )
     };
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let datafusion = run(&text("datafusion"), a.path());
-    let polars = run(&text("polars"), b.path());
+    let (datafusion, datafusion_log) = run(&text("datafusion"), a.path());
+    let (polars, polars_log) = run(&text("polars"), b.path());
     assert_eq!(datafusion["processes"], polars["processes"]);
     let (rd, rp) = (&datafusion["runs"][0], &polars["runs"][0]);
     assert_eq!(rd["boundaries"], rp["boundaries"]);
@@ -294,4 +297,18 @@ fn run_with_polars_equals_run_with_datafusion() {
     // Rows of bkg3 … bkg5 and rows with score ≤ 0.02 have no category.
     assert!(cd[0].iter().any(Option::is_none));
     assert!(cd[0].iter().any(Option::is_some));
+
+    // Both engines count the rows of bkg3 … bkg5, which match no process.
+    let mut unmatched = std::collections::BTreeMap::<String, usize>::new();
+    for batch in crate::common::read_parquet(Path::new(&files[0])) {
+        for name in crate::common::string_column(&batch, "process") {
+            if ["bkg3", "bkg4", "bkg5"].contains(&name.as_str()) {
+                *unmatched.entry(name).or_default() += 1;
+            }
+        }
+    }
+    let counts: Vec<String> = unmatched.iter().map(|(v, n)| format!("{v}: {n}")).collect();
+    let expected = format!("[{}] match no process", counts.join(", "));
+    assert!(datafusion_log.contains(&expected), "{expected}\n{datafusion_log}");
+    assert!(polars_log.contains(&expected), "{expected}\n{polars_log}");
 }
