@@ -185,6 +185,16 @@ fn memory_frame(sources: &Sources, index: usize) -> Result<pl::LazyFrame> {
     Ok(pl::IntoLazy::lazy(frame))
 }
 
+/// Returns Polars' message without the query plan it appends to planning
+/// errors, which lists gato's hidden columns and runs to many lines.
+fn polars_message(e: &pl::PolarsError) -> String {
+    let text = e.to_string();
+    match text.find("\n\nResolved plan until failure") {
+        Some(end) => text[..end].to_string(),
+        None => text,
+    }
+}
+
 fn polars_internal(what: &str, e: pl::PolarsError) -> Error {
     Error::Internal(format!("Polars: {what}: {e}"))
 }
@@ -271,24 +281,27 @@ fn query(pipeline: &Pipeline, sources: &Sources) -> Result<pl::LazyFrame> {
     let events = events_frame(sources)?;
     let columns = crate::select::visible_columns(sources);
     let mut selected = match &pipeline.selection.lazy {
-        Some(query) => (query.0)(events)
-            .map_err(|e| Error::Select(format!("the Polars lazy query failed: {e}")))?,
+        Some(query) => (query.0)(events).map_err(|e| {
+            Error::Select(format!("the Polars lazy query failed: {}", polars_message(&e)))
+        })?,
         None => {
             let sql = carry_hidden_columns(&pipeline.selection.sql)?;
             let mut ctx = polars::sql::SQLContext::new();
             ctx.register("events", events);
             ctx.execute(&sql).map_err(|e| {
                 Error::Select(format!(
-                    "the Polars SQL failed to plan: {e}\n(the table is `events`; its \
-                     columns are [{columns}])"
+                    "the Polars SQL failed to plan: {}\n(the table is `events`; its \
+                     columns are [{columns}])",
+                    polars_message(&e)
                 ))
             })?
         }
     };
     let schema = selected.collect_schema().map_err(|e| {
         Error::Select(format!(
-            "the Polars selection failed to plan: {e}\n(the table is `events`; its columns \
-             are [{columns}])"
+            "the Polars selection failed to plan: {}\n(the table is `events`; its columns \
+             are [{columns}])",
+            polars_message(&e)
         ))
     })?;
     for name in HIDDEN_COLUMNS {
@@ -399,7 +412,9 @@ pub fn run(
                 }
             }
             Message::Done(result) => {
-                outcome = result.map_err(|e| Error::Select(format!("the Polars query failed: {e}")));
+                outcome = result.map_err(|e| {
+                    Error::Select(format!("the Polars query failed: {}", polars_message(&e)))
+                });
                 break;
             }
         }
@@ -427,10 +442,15 @@ pub fn carry_hidden_columns(sql: &str) -> Result<String> {
     Ok(query.to_string())
 }
 
-/// Names of the relations that carry the hidden columns, lower case:
-/// `events` and the common table expressions that read it.
+/// Returns whether `name` is a relation that carries the hidden columns:
+/// `events`, or one of `carriers`, the lower-case names of the common table
+/// expressions that read it.
 fn is_carrier(name: &ast::ObjectName, carriers: &[String]) -> bool {
-    let name = name.to_string().to_lowercase();
+    // The last part without quotes: `"events"` and `events` are one table.
+    let [ast::ObjectNamePart::Identifier(ident)] = name.0.as_slice() else {
+        return false;
+    };
+    let name = ident.value.to_lowercase();
     name == "events" || carriers.contains(&name)
 }
 
@@ -496,12 +516,14 @@ fn carry_set_expr(body: &mut ast::SetExpr, carriers: &[String]) -> Result<()> {
             carry_set_expr(right, carriers)
         }
         ast::SetExpr::SetOperation { op: ast::SetOperator::Union, .. } => Err(Error::Select(
-            "the query cannot be used as a selection: UNION without ALL removes rows that              look alike, and the selection must return one row per event; write UNION ALL"
+            "the query cannot be used as a selection: UNION without ALL removes rows that \
+             look alike, and the selection must return one row per event; write UNION ALL"
                 .into(),
         )),
         _ => Err(Error::Select(
             "the query cannot be used as a selection: every part of it must select from \
-             `events` (INTERSECT, EXCEPT and VALUES are not supported)"
+             `events`, so INTERSECT, EXCEPT and a bare VALUES list cannot be used (VALUES \
+             inside a join or a WITH table can)"
                 .into(),
         )),
     }
@@ -626,6 +648,12 @@ mod tests {
     fn joins_qualify_the_hidden_columns_with_the_alias() {
         let sql = carried("SELECT e.score, k.f * e.weight AS w FROM events AS e JOIN k ON e.x = k.x");
         assert!(sql.contains("e._gato_process, e._gato_input, e._gato_row FROM"), "{sql}");
+    }
+
+    #[test]
+    fn quoted_events_is_events() {
+        let sql = carried("SELECT score FROM \"events\"");
+        assert!(sql.contains("score, _gato_process, _gato_input, _gato_row FROM"), "{sql}");
     }
 
     #[test]

@@ -116,6 +116,17 @@ impl Sources {
                 }
             };
             check_process_column(input, &raw_schema)?;
+            // The apply stage appends this column, so check before any work.
+            let category = crate::apply::CATEGORY_COLUMN;
+            if raw_schema.field_with_name(category).is_ok() {
+                return Err(Error::input(
+                    input.label(),
+                    format!(
+                        "already has a column `{category}`; rename or drop it before running \
+                         gato, which appends its own"
+                    ),
+                ));
+            }
             inputs.push(LoadedInput {
                 input: input.clone(),
                 raw_schema,

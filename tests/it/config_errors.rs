@@ -891,3 +891,41 @@ fn error_binned_statistics_settings() {
     let err = config_error(&format!("{BASE}training:\n  chunk_events: 0\n"));
     assert_eq!(err, "p.yaml: training.chunk_events: must be at least 1, got 0");
 }
+
+#[test]
+fn error_input_with_category_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("categorised.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("process", DataType::Utf8, false),
+        Field::new("score", DataType::Float64, false),
+        Field::new("weight", DataType::Float64, false),
+        Field::new("category", DataType::Float64, false),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec!["signal", "bkg1"])),
+        Arc::new(Float64Array::from(vec![0.9, 0.1])),
+        Arc::new(Float64Array::from(vec![1.0, 1.0])),
+        Arc::new(Float64Array::from(vec![2.0, 0.0])),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    // Opening the inputs fails, before the selection and any training.
+    let pipeline = Pipeline::from_text(
+        &write_file_pipeline(&path, "SELECT score, weight FROM events"),
+        "p.yaml",
+    )
+    .unwrap();
+    let err = Sources::open(&pipeline).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "input {}: already has a column `category`; rename or drop it before running \
+             gato, which appends its own",
+            path.display()
+        )
+    );
+}
