@@ -99,7 +99,16 @@ pub fn keep_for(pipeline: &Pipeline, rows: u64, k: usize, limit_mib: f64) -> Kee
         EventStorage::Memory => false,
         EventStorage::Disk => true,
         EventStorage::Auto => {
-            pipeline.objective.sideband.is_none() && rows as f64 * per_event > budget / 2.0
+            let large = rows as f64 * per_event > budget / 2.0;
+            if large && pipeline.objective.sideband.is_some() {
+                tracing::warn!(
+                    rows,
+                    limit_mib,
+                    "the events would take more than half of --memory-limit, but they stay \
+                     in memory because objective.sideband_fit refits from every event's mass"
+                );
+            }
+            large && pipeline.objective.sideband.is_none()
         }
     };
     if !disk {

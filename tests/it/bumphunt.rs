@@ -234,3 +234,26 @@ fn sideband_fit_rejects_events_on_disk() {
         "{err}"
     );
 }
+
+#[test]
+fn sideband_fit_keeps_events_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = pipeline_text()
+        .replace(
+            "    files: [sample.parquet]\n    process_column: process\n",
+            "    generator: { kind: resonance, signal: 1000, background: 20000 }\n",
+        )
+        .replace("  epochs: 8\n", "  epochs: 2\n");
+    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
+    // 1 MiB is far too little for the events, but the sideband fit needs
+    // them in memory: the run says so and keeps them there.
+    let out = gato(&["-q", "run", "pipeline.yaml", "--memory-limit", "1"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("they stay in memory because objective.sideband_fit"), "{stderr}");
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["event_storage"], "memory");
+}
