@@ -91,3 +91,33 @@ pub fn string_column(
     let strings = column.as_any().downcast_ref::<StringArray>().unwrap();
     strings.iter().map(|v| v.unwrap().to_string()).collect()
 }
+
+/// Returns the `category` column of a written Parquet file, in row order.
+pub fn category_column(file: &Path) -> Vec<Option<i32>> {
+    use gato::datafusion::arrow::array::{Array, Int32Array};
+    read_parquet(file)
+        .iter()
+        .flat_map(|b| {
+            let c = b.column_by_name("category").unwrap();
+            let c = c.as_any().downcast_ref::<Int32Array>().unwrap().clone();
+            (0..c.len()).map(move |i| (!c.is_null(i)).then(|| c.value(i)))
+        })
+        .collect()
+}
+
+/// Runs `gato -q run pipeline.yaml` with `extra` arguments on `text` in
+/// `dir`, fails the test when it fails, and returns `out/summary.json` and
+/// the standard error output.
+pub fn run_pipeline(text: &str, dir: &Path, extra: &[&str]) -> (serde_json::Value, String) {
+    std::fs::write(dir.join("pipeline.yaml"), text).unwrap();
+    let out = std::process::Command::new(gato_bin())
+        .args(["-q", "run", "pipeline.yaml"])
+        .args(extra)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let summary = std::fs::read_to_string(dir.join("out/summary.json")).unwrap();
+    (serde_json::from_str(&summary).unwrap(), stderr)
+}

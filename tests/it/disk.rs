@@ -2,23 +2,15 @@
 //! every stage gives the numbers and categories of the same run in memory.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
-use crate::common::{gato_bin, read_parquet, three_class_processes, toy_1d_processes};
+use crate::common::{
+    category_column, run_pipeline, three_class_processes, toy_1d_processes,
+};
 
 fn run(text: &str, dir: &Path, extra: &[&str]) -> Value {
-    std::fs::write(dir.join("pipeline.yaml"), text).unwrap();
-    let out = Command::new(gato_bin())
-        .args(["-q", "run", "pipeline.yaml"])
-        .args(extra)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap())
-        .unwrap()
+    run_pipeline(text, dir, extra).0
 }
 
 fn one_d(storage: &str, refine: bool) -> String {
@@ -48,22 +40,11 @@ fn close(a: f64, b: f64, what: &str) {
 /// Reads the `category` column of every output file of a run, in file
 /// order.
 pub(crate) fn categories(dir: &Path, run: &Value) -> Vec<Vec<Option<i32>>> {
-    use gato::datafusion::arrow::array::{Array, Int32Array};
     run["outputs"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| {
-            let path = dir.join(o["output"].as_str().unwrap());
-            read_parquet(&path)
-                .iter()
-                .flat_map(|b| {
-                    let c = b.column_by_name("category").unwrap();
-                    let c = c.as_any().downcast_ref::<Int32Array>().unwrap().clone();
-                    (0..c.len()).map(move |i| (!c.is_null(i)).then(|| c.value(i)))
-                })
-                .collect()
-        })
+        .map(|o| category_column(&dir.join(o["output"].as_str().unwrap())))
         .collect()
 }
 

@@ -256,19 +256,8 @@ fn non_selections_are_rejected() {
     }
 }
 
-/// Runs `gato run` on `text` in `dir` and returns summary.json and the
-/// standard error output.
 fn run(text: &str, dir: &Path) -> (Value, String) {
-    std::fs::write(dir.join("pipeline.yaml"), text).unwrap();
-    let out = Command::new(gato_bin())
-        .args(["-q", "run", "pipeline.yaml"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{stderr}");
-    let summary = std::fs::read_to_string(dir.join("out/summary.json")).unwrap();
-    (serde_json::from_str(&summary).unwrap(), stderr)
+    crate::common::run_pipeline(text, dir, &[])
 }
 
 #[test]

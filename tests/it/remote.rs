@@ -10,12 +10,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gato::datafusion::arrow::array::{Array, Int32Array};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde_json::Value;
 
-use crate::common::{gato_bin, read_parquet};
+use crate::common::{category_column, gato_bin};
 use crate::config_errors::write_parquet;
 
 const BUCKET: &str = "gato-test";
@@ -142,16 +141,6 @@ fn gato(dir: &Path, port: u16, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-fn categories(file: &Path) -> Vec<Option<i32>> {
-    read_parquet(file)
-        .iter()
-        .flat_map(|b| {
-            let c = b.column_by_name("category").unwrap();
-            let c = c.as_any().downcast_ref::<Int32Array>().unwrap().clone();
-            (0..c.len()).map(move |i| (!c.is_null(i)).then(|| c.value(i)))
-        })
-        .collect()
-}
 
 #[test]
 fn run_reads_and_writes_s3() {
@@ -213,7 +202,7 @@ fn run_reads_and_writes_s3() {
         let copy = dir.path().join("fetched.parquet");
         get(port, key, &copy);
         let local_output = dir.path().join(lo["output"].as_str().unwrap());
-        assert_eq!(categories(&copy), categories(&local_output), "{url}");
+        assert_eq!(category_column(&copy), category_column(&local_output), "{url}");
     }
     // The report and the model went up too.
     for key in ["out/report.html", "out/sigmoid_k3/model.json", "out/histograms.json"] {

@@ -4,13 +4,12 @@
 //! events.
 
 use std::path::Path;
-use std::process::Command;
 
 use gato::evaluate::evaluate;
 use serde_json::Value;
 
 use crate::common::{
-    gato_bin, pipeline, select_events, three_class_processes, toy_1d_processes,
+    pipeline, select_events, three_class_processes, toy_1d_processes,
 };
 
 fn one_d(statistics: &str) -> String {
@@ -66,15 +65,7 @@ fn binned_cells_keep_process_sums() {
 }
 
 fn run(text: &str, dir: &Path) -> Value {
-    std::fs::write(dir.join("pipeline.yaml"), text).unwrap();
-    let out = Command::new(gato_bin())
-        .args(["-q", "run", "pipeline.yaml"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_str(&std::fs::read_to_string(dir.join("out/summary.json")).unwrap())
-        .unwrap()
+    crate::common::run_pipeline(text, dir, &[]).0
 }
 
 /// Final hard Z per run of a pipeline trained on events and on cells.
