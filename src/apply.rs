@@ -53,11 +53,11 @@ pub fn output_names(sources: &Sources) -> Vec<String> {
 
 /// Writes one categorised copy of every input into `dir`.
 ///
-/// `assign` gives the categories of a chunk of `events`; rows the
-/// selection rejected get a null category. The categories go first, chunk
-/// by chunk, to one temporary file per input at the position of their row,
-/// and each input is then copied batch by batch with its categories read
-/// back in row order, so memory contains a few chunks and batches.
+/// `assign` gives the categories of a chunk of `events`, and rows the
+/// selection rejected get a null category. The categories first go, chunk
+/// by chunk, to one temporary file per input at the position of their row.
+/// Each input is then copied batch by batch with its categories read back
+/// in row order, so memory contains only a few chunks and batches.
 pub fn apply(
     sources: &Sources,
     events: &EventSet,

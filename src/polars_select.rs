@@ -28,6 +28,7 @@ use polars::prelude as pl;
 
 use crate::config::{Pipeline, ProcessAssign};
 use crate::error::{Error, Result};
+use crate::select::{UNTRACEABLE, missing_column};
 use crate::source::{HIDDEN_COLUMNS, INPUT_COLUMN, PROCESS_INDEX_COLUMN, ROW_COLUMN, Sources};
 
 /// Rows per result batch handed from Polars to gato.
@@ -73,13 +74,16 @@ pub fn events_frame(sources: &Sources) -> Result<pl::LazyFrame> {
         frames.push(frame.select(order.clone()));
     }
     pl::concat(frames, pl::UnionArgs { maintain_order: true, ..Default::default() })
-        .map_err(|e| Error::Select(format!("Polars: joining the inputs into `events`: {e}")))
+        .map_err(|e| Error::Select(format!("Polars failed to join the inputs into `events`: {e}")))
 }
 
 /// Scans the Parquet file of input `index` as a stream.
 fn scan(sources: &Sources, index: usize, path: &Path) -> Result<pl::LazyFrame> {
     let polars_error = |e: pl::PolarsError| {
-        Error::input(sources.input(index).label(), format!("Polars cannot scan it: {e}"))
+        Error::input(
+            sources.input(index).label(),
+            format!("Polars failed to scan it: {e}. Check that it is a readable Parquet file"),
+        )
     };
     let location = pl::PlRefPath::try_from_path(path).map_err(polars_error)?;
     let args = pl::ScanArgsParquet { glob: false, ..Default::default() };
@@ -148,11 +152,11 @@ pub fn count_unmatched(sources: &Sources) -> Result<()> {
             .map_err(|e| polars_internal("counting unmatched process values", e))?;
         let names = counts
             .column("value")
-            .and_then(|c| c.as_materialized_series().str().cloned())
+            .and_then(|c| c.as_materialized_series().str())
             .map_err(|e| polars_internal("reading the unmatched values", e))?;
         let rows = counts
             .column("rows")
-            .and_then(|c| c.as_materialized_series().u64().cloned())
+            .and_then(|c| c.as_materialized_series().u64())
             .map_err(|e| polars_internal("reading the unmatched counts", e))?;
         for (name, n) in names.iter().zip(rows.iter()) {
             let name = name.unwrap_or("<null>").to_string();
@@ -306,13 +310,10 @@ fn query(pipeline: &Pipeline, sources: &Sources) -> Result<pl::LazyFrame> {
     })?;
     for name in HIDDEN_COLUMNS {
         if schema.get(name).is_none() {
-            return Err(Error::Select(
-                "the query cannot be used as a selection: its rows cannot be traced back \
-                 to rows of the table `events`; select from `events` (filters, computed \
-                 columns and joins with other tables are fine), and in a lazy query keep \
-                 the columns whose names start with `_gato_`"
-                    .into(),
-            ));
+            return Err(Error::Select(format!(
+                "{UNTRACEABLE}, and in a lazy query keep the columns whose names start \
+                 with `_gato_`"
+            )));
         }
     }
     let s = &pipeline.selection;
@@ -320,16 +321,8 @@ fn query(pipeline: &Pipeline, sources: &Sources) -> Result<pl::LazyFrame> {
     for name in required {
         match schema.get(name) {
             None => {
-                let visible: Vec<&str> = schema
-                    .iter_names()
-                    .map(|n| n.as_str())
-                    .filter(|n| !HIDDEN_COLUMNS.contains(n))
-                    .collect();
-                return Err(Error::Select(format!(
-                    "the query returns no column `{name}`; it returns [{}]. Return it, \
-                     or change `selection.discriminants` / `selection.weight`",
-                    visible.join(", ")
-                )));
+                let returned: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
+                return Err(missing_column(name, &returned));
             }
             Some(dtype) if !dtype.is_primitive_numeric() => {
                 return Err(Error::Select(format!(
@@ -461,7 +454,7 @@ fn relations(select: &ast::Select) -> impl Iterator<Item = &ast::TableFactor> {
         .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
 }
 
-/// Whether `query` reads `events` or one of `carriers`.
+/// Returns whether `query` reads `events` or one of `carriers`.
 fn reads(query: &ast::Query, carriers: &[String]) -> bool {
     let mut names = carriers.to_vec();
     if let Some(with) = &query.with {
@@ -574,14 +567,7 @@ fn carry_select(select: &mut ast::Select, carriers: &[String]) -> Result<()> {
     }
 
     let qualifier = match found.as_slice() {
-        [] => {
-            return Err(Error::Select(
-                "the query cannot be used as a selection: its rows cannot be traced back to \
-                 rows of the table `events`; select from `events` (filters, computed columns \
-                 and joins with other tables are fine)"
-                    .into(),
-            ));
-        }
+        [] => return Err(Error::Select(UNTRACEABLE.into())),
         [one] => one.clone(),
         _ => {
             return Err(Error::Select(

@@ -88,9 +88,10 @@ fn block_on<T: Send + 'static>(
     .map_err(|_| "the object store thread panicked".to_string())?
 }
 
-/// Lists the URLs of the objects that `pattern` names, sorted. A pattern
-/// with `*`, `?` or `[` in its key names every object whose key matches
-/// it; any other pattern names one object, which must exist.
+/// Lists the URLs of the objects that `pattern` names, sorted.
+///
+/// A pattern with `*`, `?` or `[` in its key names every object whose key
+/// matches it. Any other pattern names one object, which must exist.
 pub fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
     let (store, path) = open(pattern)?;
     let key = path.to_string();

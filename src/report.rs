@@ -31,7 +31,7 @@ pub struct Summary {
     pub seed: u64,
     /// Training device (`cpu` or `cuda:N`).
     pub device: String,
-    /// Where the selected events were kept: `memory` or `disk`.
+    /// Storage of the selected events: `memory` or `disk`.
     #[serde(default)]
     pub event_storage: String,
     /// Selected events per process.

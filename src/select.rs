@@ -213,7 +213,8 @@ pub async fn check(pipeline: &Pipeline, sources: &Sources) -> Result<()> {
     plan(pipeline, sources, Keep::Memory).await.map(|_| ())
 }
 
-/// Whether Polars runs the selection: `engine: polars`, or a lazy query.
+/// Returns whether Polars runs the selection: with `engine: polars`, or
+/// with a lazy query.
 fn uses_polars(pipeline: &Pipeline) -> bool {
     pipeline.selection.engine == SelectEngine::Polars || pipeline.selection.lazy.is_some()
 }
@@ -365,16 +366,8 @@ async fn plan(
         .collect();
     for name in &required {
         if !output_columns.iter().any(|c| c == name) {
-            let visible: Vec<&str> = output_columns
-                .iter()
-                .map(String::as_str)
-                .filter(|c| !HIDDEN_COLUMNS.contains(c))
-                .collect();
-            return Err(Error::Select(format!(
-                "the query returns no column `{name}`; it returns [{}]. Return it, \
-                 or change `selection.discriminants` / `selection.weight`",
-                visible.join(", ")
-            )));
+            let returned: Vec<&str> = output_columns.iter().map(String::as_str).collect();
+            return Err(missing_column(name, &returned));
         }
     }
     for field in plan.schema().fields() {
@@ -751,15 +744,28 @@ fn carry_hidden_columns(plan: LogicalPlan) -> Result<LogicalPlan> {
     })?;
     for name in HIDDEN_COLUMNS {
         if !plan.schema().has_column_with_unqualified_name(name) {
-            return Err(Error::Select(
-                "the query cannot be used as a selection: its rows cannot be traced back \
-                 to rows of the table `events`; select from `events` (filters, computed \
-                 columns and joins with other tables are fine)"
-                    .into(),
-            ));
+            return Err(Error::Select(UNTRACEABLE.into()));
         }
     }
     Ok(plan)
+}
+
+/// Message of the error for a query whose output rows cannot be traced back
+/// to rows of `events`, because it lost the hidden columns.
+pub(crate) const UNTRACEABLE: &str = "the query cannot be used as a selection: its rows \
+     cannot be traced back to rows of the table `events`; select from `events` (filters, \
+     computed columns and joins with other tables are fine)";
+
+/// Builds the error for the required column `name` that the query does not
+/// return, listing the columns in `returned` that are not hidden.
+pub(crate) fn missing_column(name: &str, returned: &[&str]) -> Error {
+    let visible: Vec<&str> =
+        returned.iter().copied().filter(|c| !HIDDEN_COLUMNS.contains(c)).collect();
+    Error::Select(format!(
+        "the query returns no column `{name}`; it returns [{}]. Return it, or change \
+         `selection.discriminants` / `selection.weight`",
+        visible.join(", ")
+    ))
 }
 
 pub(crate) fn visible_columns(sources: &Sources) -> String {

@@ -2,7 +2,7 @@
 //! are read back one at a time.
 //!
 //! Every stage after the selection reads the events through
-//! [`EventSet::for_each_chunk`]. In memory the whole set is one chunk; on
+//! [`EventSet::for_each_chunk`]. In memory the whole set is one chunk. On
 //! disk each chunk is read from a temporary file, so memory contains a few
 //! chunks whatever the number of events. Chunks come in event order (process,
 //! input, row), so sums accumulated chunk by chunk add the same numbers in

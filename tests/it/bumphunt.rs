@@ -246,7 +246,7 @@ fn sideband_fit_keeps_events_in_memory() {
         .replace("  epochs: 8\n", "  epochs: 2\n");
     std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
     // 1 MiB is far too little for the events, but the sideband fit needs
-    // them in memory: the run says so and keeps them there.
+    // them in memory, so the run warns and keeps them there.
     let out = gato(&["-q", "run", "pipeline.yaml", "--memory-limit", "1"], dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -908,11 +908,13 @@ fn error_input_with_category_column() {
         Arc::new(Float64Array::from(vec![1.0, 1.0])),
         Arc::new(Float64Array::from(vec![2.0, 0.0])),
     ];
+
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
     let mut writer =
         ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
+
     // Opening the inputs fails, before the selection and any training.
     let pipeline = Pipeline::from_text(
         &write_file_pipeline(&path, "SELECT score, weight FROM events"),

@@ -92,7 +92,8 @@ fn toy_selections_agree_exactly() {
     ));
     let datafusion = select_with(&one_d, SelectEngine::DataFusion, Keep::Memory).unwrap();
     let polars = select_with(&one_d, SelectEngine::Polars, Keep::Memory).unwrap();
-    assert!(datafusion.len() > 1000 && datafusion.len() < 12_000, "{}", datafusion.len());
+    assert!(datafusion.len() > 1000, "{}", datafusion.len());
+    assert!(datafusion.len() < 12_000, "{}", datafusion.len());
     let bkg3 = datafusion.process_ranges[3].clone();
     assert!(datafusion.discriminants[0][bkg3].iter().all(|&s| s > 0.5));
     assert_same(&datafusion, &polars);
@@ -128,7 +129,7 @@ fn parquet_pipeline(files: &[String], sql: &str) -> String {
     parquet_pipeline_with(files, sql, "")
 }
 
-/// A pipeline over `files` with `extra` lines added to `selection:`.
+/// Writes a pipeline over `files` with `extra` lines added to `selection:`.
 fn parquet_pipeline_with(files: &[String], sql: &str, extra: &str) -> String {
     let list = files.iter().map(|f| format!("\"{f}\"")).collect::<Vec<_>>().join(", ");
     format!(
