@@ -5,6 +5,7 @@
 //! renamed into place when complete, so a reader sees either no file or a
 //! whole one. Inputs are only read.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,8 +18,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use crate::config::InputKind;
 use crate::error::{Error, Result};
 use crate::model::SavedModel;
-use crate::select::Events;
-use crate::store::EventSet;
+use crate::store::{EventSet, RangeReader};
 use crate::source::{BatchIter, Sources};
 
 /// Name of the appended column.
@@ -53,15 +53,16 @@ pub fn output_names(sources: &Sources) -> Vec<String> {
 
 /// Writes one categorised copy of every input into `dir`.
 ///
-/// `assign` gives the categories of a chunk of `events`, and rows the
-/// selection rejected get a null category. The categories first go, chunk
-/// by chunk, to one temporary file per input at the position of their row.
-/// Each input is then copied batch by batch with its categories read back
-/// in row order, so memory contains only a few chunks and batches.
+/// `assign` gives the categories of events from their discriminants, one
+/// vector each, and rows the selection rejected get a null category. The
+/// events of one input lie in one range per process with rows rising in
+/// each, so while the input is copied batch by batch, every range is read
+/// forward in blocks alongside and its categories are put at their rows.
+/// Memory thus holds a few batches and one block of events per process.
 pub fn apply(
     sources: &Sources,
     events: &EventSet,
-    assign: impl Fn(&Events) -> Vec<u32>,
+    assign: impl Fn(&[Vec<f64>]) -> Vec<u32>,
     dir: &Path,
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
@@ -82,153 +83,96 @@ pub fn apply(
             }
         }
     }
-    let scratch = tempfile::Builder::new()
-        .prefix(".gato-categories-")
-        .tempdir_in(dir)
-        .map_err(|e| Error::output(dir, format!("cannot create a temporary directory: {e}")))?;
-    let mut files = (0..names.len())
-        .map(|i| CategoryFile::create(&scratch.path().join(format!("input{i}.bin"))))
-        .collect::<Result<Vec<_>>>()?;
-    events.for_each_chunk(|chunk| {
-        let categories = assign(chunk);
-        for (e, &category) in categories.iter().enumerate() {
-            files[chunk.input[e] as usize].put(chunk.row[e], category)?;
-        }
-        Ok(())
-    })?;
+    let mut reader = events.range_reader()?;
     let mut written = Vec::new();
-    for (index, (name, file)) in names.iter().zip(files).enumerate() {
+    for (index, name) in names.iter().enumerate() {
         let path = dir.join(name);
-        let mut categories = file.into_reader()?;
         let label = sources.input(index).label();
+        let ranges = events.input_ranges(index as u32);
+        let block = (BLOCK_EVENTS / ranges.len().max(1)).clamp(1 << 12, 1 << 16);
+        let mut runs: Vec<Run> = ranges.into_iter().map(|r| Run::new(r, block)).collect();
         write_categorised(
             sources.read(index)?,
             &sources.raw_schema(index),
             &label,
             &path,
-            |batch, _| categories.next(batch.num_rows()),
+            |batch, first| {
+                let mut slots = vec![0u32; batch.num_rows()];
+                for run in &mut runs {
+                    run.place(first as u64, &mut slots, &mut reader, &assign)?;
+                }
+                Ok(slots.into_iter().map(|v| (v > 0).then(|| (v - 1) as i32)).collect())
+            },
         )?;
+        if !runs.iter().all(Run::finished) {
+            return Err(Error::Internal(format!(
+                "selected events of {label} have rows past the input's last row"
+            )));
+        }
         tracing::debug!(input = %label, staged = %path.display(), "wrote categories");
         written.push(path);
     }
     Ok(written)
 }
 
-/// Category + 1 of each row of one input (0 for rows without one), as
-/// little-endian u32 at byte 4 × row of a temporary file.
-struct CategoryFile {
-    path: PathBuf,
-    file: std::fs::File,
-    /// First row of `pending`.
-    start: u64,
-    pending: Vec<u32>,
+/// Events held in memory at once by the apply stage, over all processes.
+const BLOCK_EVENTS: usize = 1 << 20;
+
+/// The events of one process from one input, read forward in blocks, with
+/// their categories.
+struct Run {
+    left: Range<usize>,
+    block: usize,
+    rows: Vec<u64>,
+    categories: Vec<u32>,
+    next: usize,
 }
 
-/// Rows with a category are written in runs; a gap shorter than this
-/// stays inside the run instead of starting a new one.
-const MAX_GAP: u64 = 4096;
-
-impl CategoryFile {
-    fn create(path: &Path) -> Result<CategoryFile> {
-        let file = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::output(path, format!("cannot create: {e}")))?;
-        Ok(CategoryFile { path: path.to_path_buf(), file, start: 0, pending: Vec::new() })
+impl Run {
+    fn new(events: Range<usize>, block: usize) -> Run {
+        Run { left: events, block, rows: Vec::new(), categories: Vec::new(), next: 0 }
     }
 
-    /// Records `category` for `row`; rows must rise within a run of calls.
-    fn put(&mut self, row: u64, category: u32) -> Result<()> {
-        let next = self.start + self.pending.len() as u64;
-        if self.pending.is_empty() {
-            self.start = row;
-        } else if row < next || row - next >= MAX_GAP {
-            self.flush()?;
-            self.start = row;
-        } else {
-            self.pending.extend(std::iter::repeat_n(0, (row - next) as usize));
-        }
-        self.pending.push(category + 1);
-        if self.pending.len() >= 1 << 20 {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Writes the pending run. Rows of the run's gaps keep what the file
-    /// holds: the events of one input come once per process, so another
-    /// process may already have written them.
-    fn flush(&mut self) -> Result<()> {
-        use std::io::{Read, Seek, SeekFrom, Write};
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let io = |e: std::io::Error| {
-            Error::output(&self.path, format!("cannot write the categories: {e}"))
-        };
-        let offset = self.start * 4;
-        let mut bytes = vec![0u8; self.pending.len() * 4];
-        // Past the end of the file every row is still without a category.
-        let length = self.file.metadata().map_err(io)?.len();
-        if length > offset {
-            let have = ((length - offset) as usize).min(bytes.len());
-            self.file.seek(SeekFrom::Start(offset)).map_err(io)?;
-            self.file.read_exact(&mut bytes[..have]).map_err(io)?;
-        }
-        for (slot, &value) in bytes.chunks_exact_mut(4).zip(&self.pending) {
-            if value != 0 {
-                slot.copy_from_slice(&value.to_le_bytes());
+    /// Puts category + 1 into `slots[row - first]` for every event of the
+    /// run with a row in `first..first + slots.len()`.
+    fn place(
+        &mut self,
+        first: u64,
+        slots: &mut [u32],
+        reader: &mut RangeReader,
+        assign: &impl Fn(&[Vec<f64>]) -> Vec<u32>,
+    ) -> Result<()> {
+        let end = first + slots.len() as u64;
+        loop {
+            if self.next == self.rows.len() {
+                if self.left.is_empty() {
+                    return Ok(());
+                }
+                let take = self.left.start..self.left.end.min(self.left.start + self.block);
+                self.left.start = take.end;
+                let (discriminants, rows) = reader.read(take)?;
+                self.categories = assign(&discriminants);
+                self.rows = rows;
+                self.next = 0;
+            }
+            let rows = &self.rows[self.next..];
+            let n = rows.partition_point(|&r| r < end);
+            for (&row, &category) in rows[..n].iter().zip(&self.categories[self.next..]) {
+                let slot = row.checked_sub(first).ok_or_else(|| {
+                    Error::Internal(format!("selected row {row} came after row {first}"))
+                })?;
+                slots[slot as usize] = category + 1;
+            }
+            self.next += n;
+            if self.next < self.rows.len() {
+                return Ok(());
             }
         }
-        self.file.seek(SeekFrom::Start(offset)).map_err(io)?;
-        self.file.write_all(&bytes).map_err(io)?;
-        self.pending.clear();
-        Ok(())
     }
 
-    fn into_reader(mut self) -> Result<CategoryReader> {
-        use std::io::{Seek, SeekFrom};
-        self.flush()?;
-        self.file
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| Error::output(&self.path, format!("cannot read back: {e}")))?;
-        Ok(CategoryReader {
-            path: self.path,
-            reader: std::io::BufReader::with_capacity(1 << 20, self.file),
-        })
-    }
-}
-
-/// Reads a [`CategoryFile`] in row order; rows past its end have none.
-struct CategoryReader {
-    path: PathBuf,
-    reader: std::io::BufReader<std::fs::File>,
-}
-
-impl CategoryReader {
-    /// Reads the categories of the next `rows` rows.
-    fn next(&mut self, rows: usize) -> Result<Int32Array> {
-        use std::io::Read;
-        let mut bytes = vec![0u8; rows * 4];
-        let mut filled = 0;
-        while filled < bytes.len() {
-            let n = self.reader.read(&mut bytes[filled..]).map_err(|e| {
-                Error::output(&self.path, format!("cannot read back the categories: {e}"))
-            })?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| {
-                let v = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                (v > 0).then(|| (v - 1) as i32)
-            })
-            .collect())
+    /// Returns whether every event of the run has been placed.
+    fn finished(&self) -> bool {
+        self.next == self.rows.len() && self.left.is_empty()
     }
 }
 

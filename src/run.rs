@@ -445,7 +445,7 @@ async fn run_checked(
             crate::apply::apply(
                 &sources,
                 &events,
-                |chunk| model.assign(&outcome.params, &chunk.discriminants),
+                |discriminants| model.assign(&outcome.params, discriminants),
                 &run_dir,
             )
         });

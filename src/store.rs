@@ -63,6 +63,40 @@ impl EventSet {
         }
     }
 
+    /// Event ranges that hold the events of input `input`: one per process
+    /// with events from it, in process order. Rows rise within each range.
+    pub fn input_ranges(&self, input: u32) -> Vec<Range<usize>> {
+        match self {
+            EventSet::Memory(e) => e
+                .process_ranges
+                .iter()
+                .map(|range| {
+                    let inputs = &e.input[range.clone()];
+                    let start = range.start + inputs.partition_point(|&i| i < input);
+                    let end = range.start + inputs.partition_point(|&i| i <= input);
+                    start..end
+                })
+                .filter(|range| !range.is_empty())
+                .collect(),
+            EventSet::Disk(d) => d
+                .segments
+                .iter()
+                .filter(|s| s.input == input)
+                .map(|s| s.events.clone())
+                .collect(),
+        }
+    }
+
+    /// Returns a reader of the discriminants and rows of event ranges.
+    pub fn range_reader(&self) -> Result<RangeReader<'_>> {
+        Ok(match self {
+            EventSet::Memory(e) => RangeReader::Memory(e),
+            EventSet::Disk(d) => {
+                RangeReader::Disk(d, File::open(&d.path).map_err(|e| d.error(e))?)
+            }
+        })
+    }
+
     /// Returns the events when they are in memory.
     pub fn in_memory(&self) -> Option<&Events> {
         match self {
@@ -123,6 +157,35 @@ impl EventSet {
     }
 }
 
+/// Reads the discriminants and rows of any range of events.
+pub enum RangeReader<'a> {
+    /// Copies from the events in memory.
+    Memory(&'a Events),
+    /// Reads from the events' file.
+    Disk(&'a DiskEvents, File),
+}
+
+impl RangeReader<'_> {
+    /// Returns the discriminants (one vector each) and the rows of the
+    /// events in `range`.
+    pub fn read(&mut self, range: Range<usize>) -> Result<(Vec<Vec<f64>>, Vec<u64>)> {
+        match self {
+            RangeReader::Memory(e) => Ok((
+                e.discriminants.iter().map(|d| d[range.clone()].to_vec()).collect(),
+                e.row[range].to_vec(),
+            )),
+            RangeReader::Disk(d, file) => d.read_range(file, range).map_err(|e| d.error(e)),
+        }
+    }
+}
+
+/// The events of one process from one input: a range of the event order.
+#[derive(Debug, Clone)]
+struct Segment {
+    input: u32,
+    events: Range<usize>,
+}
+
 /// Events written in chunks to a temporary file, deleted on drop.
 ///
 /// Each chunk contains its events column after column, little-endian: each
@@ -137,7 +200,11 @@ pub struct DiskEvents {
     processes: usize,
     /// Byte offset and number of events of each chunk.
     chunks: Vec<(u64, usize)>,
+    /// Index of the first event of each chunk.
+    chunk_starts: Vec<usize>,
     process_ranges: Vec<Range<usize>>,
+    /// Where each (process, input) pair's events lie, in event order.
+    segments: Vec<Segment>,
     len: usize,
 }
 
@@ -162,6 +229,43 @@ impl DiskEvents {
              directory (TMPDIR) is not cleaned while gato runs",
             self.path.display()
         ))
+    }
+
+    /// Reads the discriminants and rows of the events in `range`, which may
+    /// span chunks, with one read per column and chunk.
+    fn read_range(
+        &self,
+        file: &mut File,
+        range: Range<usize>,
+    ) -> std::io::Result<(Vec<Vec<f64>>, Vec<u64>)> {
+        let mut discriminants = vec![Vec::with_capacity(range.len()); self.dims];
+        let mut rows = Vec::with_capacity(range.len());
+        let mut bytes = Vec::new();
+        let first = self.chunk_starts.partition_point(|&s| s <= range.start).saturating_sub(1);
+        for chunk in first..self.chunks.len() {
+            let (offset, n) = self.chunks[chunk];
+            let start = self.chunk_starts[chunk];
+            if start >= range.end {
+                break;
+            }
+            let (lo, hi) = (range.start.max(start) - start, range.end.min(start + n) - start);
+            // Each column holds n values; the row column follows the
+            // discriminants, the weight, the mass, the process and the input.
+            for (d, column) in discriminants.iter_mut().enumerate() {
+                read_at(file, offset + ((d * n + lo) * 8) as u64, hi - lo, &mut bytes)?;
+                column.extend(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(eight(c))));
+            }
+            let before_row = n * (row_bytes(self.dims, self.has_mass) - 8);
+            read_at(file, offset + (before_row + lo * 8) as u64, hi - lo, &mut bytes)?;
+            rows.extend(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(eight(c))));
+        }
+        if rows.len() != range.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("events {range:?} lie past the last of {}", self.len),
+            ));
+        }
+        Ok((discriminants, rows))
     }
 
     /// Reads chunk `chunk`, column by column through a small buffer, so
@@ -203,6 +307,19 @@ impl DiskEvents {
     }
 }
 
+/// Reads `n` values of eight bytes at byte `at` of `file` into `bytes`.
+fn read_at(file: &mut File, at: u64, n: usize, bytes: &mut Vec<u8>) -> std::io::Result<()> {
+    bytes.resize(n * 8, 0);
+    file.seek(SeekFrom::Start(at))?;
+    file.read_exact(bytes)
+}
+
+fn eight(bytes: &[u8]) -> [u8; 8] {
+    let mut value = [0u8; 8];
+    value.copy_from_slice(bytes);
+    value
+}
+
 /// Reads `n` little-endian values of `W` bytes each.
 fn read_column<T, const W: usize>(
     reader: &mut impl Read,
@@ -240,6 +357,9 @@ pub struct DiskWriter {
     has_mass: bool,
     chunks: Vec<(u64, usize)>,
     offset: u64,
+    /// Process, input and first event of each (process, input) pair.
+    segments: Vec<(u32, u32, usize)>,
+    written: usize,
 }
 
 impl DiskWriter {
@@ -268,6 +388,8 @@ impl DiskWriter {
             has_mass,
             chunks: Vec::new(),
             offset: 0,
+            segments: Vec::new(),
+            written: 0,
         })
     }
 
@@ -297,8 +419,14 @@ impl DiskWriter {
         events.process.iter().try_for_each(|v| file.write_all(&v.to_le_bytes())).map_err(&io)?;
         events.input.iter().try_for_each(|v| file.write_all(&v.to_le_bytes())).map_err(&io)?;
         events.row.iter().try_for_each(|v| file.write_all(&v.to_le_bytes())).map_err(&io)?;
+        for (i, key) in events.process.iter().zip(&events.input).enumerate() {
+            if self.segments.last().is_none_or(|s| (s.0, s.1) != (*key.0, *key.1)) {
+                self.segments.push((*key.0, *key.1, self.written + i));
+            }
+        }
         self.chunks.push((self.offset, n));
         self.offset += (n * row_bytes(self.dims, self.has_mass)) as u64;
+        self.written += n;
         Ok(())
     }
 
@@ -311,7 +439,20 @@ impl DiskWriter {
         self.file
             .flush()
             .map_err(|e| Error::output(&self.path, format!("cannot write: {e}")))?;
-        let len = self.chunks.iter().map(|c| c.1).sum();
+        let len = self.written;
+        let mut chunk_starts = Vec::with_capacity(self.chunks.len());
+        let mut start = 0;
+        for &(_, n) in &self.chunks {
+            chunk_starts.push(start);
+            start += n;
+        }
+        let ends = self.segments.iter().skip(1).map(|s| s.2).chain([len]);
+        let segments = self
+            .segments
+            .iter()
+            .zip(ends)
+            .map(|(&(_, input, start), end)| Segment { input, events: start..end })
+            .collect();
         Ok(DiskEvents {
             _dir: self.dir,
             path: self.path,
@@ -319,8 +460,93 @@ impl DiskWriter {
             has_mass: self.has_mass,
             processes,
             chunks: self.chunks,
+            chunk_starts,
             process_ranges,
+            segments,
             len,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 23 events of three processes from two inputs, sorted by process,
+    /// input and row; process 1 has no events from input 1.
+    fn events() -> (Events, Vec<(u32, u32)>) {
+        let layout = [(0u32, 0u32, 5usize), (0, 1, 4), (1, 0, 6), (2, 0, 3), (2, 1, 5)];
+        let mut events = Events {
+            discriminants: vec![Vec::new(), Vec::new()],
+            mass: Some(Vec::new()),
+            ..Events::default()
+        };
+        for &(process, input, n) in &layout {
+            for k in 0..n {
+                let i = events.weight.len() as f64;
+                events.discriminants[0].push(i * 0.5);
+                events.discriminants[1].push(-i);
+                events.weight.push(1.0 + i);
+                events.mass.as_mut().unwrap().push(100.0 + i);
+                events.process.push(process);
+                events.input.push(input);
+                events.row.push(3 * k as u64 + u64::from(process));
+            }
+        }
+        let mut start = 0;
+        for p in 0..3 {
+            let n = events.process.iter().filter(|&&q| q == p).count();
+            events.process_ranges.push(start..start + n);
+            start += n;
+        }
+        (events, layout.iter().map(|&(p, i, _)| (p, i)).collect())
+    }
+
+    fn on_disk(events: &Events, chunk: usize) -> EventSet {
+        let mut writer = DiskWriter::create(&std::env::temp_dir(), 2, true).unwrap();
+        for start in (0..events.len()).step_by(chunk) {
+            let end = (start + chunk).min(events.len());
+            let part = Events {
+                discriminants: events.discriminants.iter().map(|d| d[start..end].to_vec()).collect(),
+                weight: events.weight[start..end].to_vec(),
+                process: events.process[start..end].to_vec(),
+                input: events.input[start..end].to_vec(),
+                row: events.row[start..end].to_vec(),
+                mass: events.mass.as_ref().map(|m| m[start..end].to_vec()),
+                ..Events::default()
+            };
+            writer.write(&part).unwrap();
+        }
+        EventSet::Disk(writer.finish(3, events.process_ranges.clone()).unwrap())
+    }
+
+    #[test]
+    fn input_ranges_and_range_reads_agree_in_memory_and_on_disk() {
+        let (events, _) = events();
+        let expected_ranges =
+            [vec![0..5, 9..15, 15..18], vec![5..9, 18..23]];
+        let sets = [EventSet::Memory(events.clone()), on_disk(&events, 7), on_disk(&events, 1)];
+        for set in &sets {
+            for (input, expected) in expected_ranges.iter().enumerate() {
+                assert_eq!(&set.input_ranges(input as u32), expected);
+            }
+            assert!(set.input_ranges(2).is_empty());
+            let mut reader = set.range_reader().unwrap();
+            for range in [0..23, 3..17, 6..7, 13..21, 4..4] {
+                let (discriminants, rows) = reader.read(range.clone()).unwrap();
+                assert_eq!(rows, events.row[range.clone()]);
+                for d in 0..2 {
+                    assert_eq!(discriminants[d], events.discriminants[d][range.clone()]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_range_past_the_last_event_is_an_error() {
+        let (events, _) = events();
+        let set = on_disk(&events, 7);
+        let error = set.range_reader().unwrap().read(20..30).unwrap_err().to_string();
+        assert!(error.contains("past the last of 23"), "{error}");
     }
 }
