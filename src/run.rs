@@ -257,8 +257,56 @@ async fn run_checked(
         options.progress,
         "selecting events: {human_pos} events ({per_sec}, {elapsed})",
     );
-    let mut events =
-        crate::select::select_into(pipeline, &sources, keep, &reading).await?;
+    let events = crate::select::select_into(pipeline, &sources, keep, &reading).await?;
+    let context = Context { options, output, device, sources, keep, limit, largest_k, started };
+    on_compute_thread(|| optimise_and_write(pipeline, context, events))
+}
+
+/// The state of [`run_checked`] before the events are selected.
+struct Context<'a> {
+    options: &'a RunOptions,
+    output: PathBuf,
+    device: DeviceChoice,
+    sources: Sources,
+    keep: Keep,
+    /// `--memory-limit` in MiB.
+    limit: f64,
+    /// Largest number of categories among the runs.
+    largest_k: usize,
+    started: Instant,
+}
+
+/// Runs `work` on a thread of its own and waits for it, so that training
+/// and evaluation stay off the tokio workers.
+///
+/// On a multi-threaded runtime the waiting worker hands its other tasks to
+/// the rest, and on a current-thread runtime nothing else runs meanwhile.
+fn on_compute_thread<T: Send>(work: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let wait = || {
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("gato-compute".into())
+                .spawn_scoped(scope, work)
+                .map_err(|e| Error::Internal(format!("starting the compute thread: {e}")))?;
+            worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    };
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    match flavor {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(wait),
+        _ => wait(),
+    }
+}
+
+/// Trains, evaluates and applies every run of `pipeline` on the selected
+/// `events`, then publishes the outputs and draws the report.
+fn optimise_and_write(
+    pipeline: &Pipeline,
+    context: Context,
+    mut events: EventSet,
+) -> Result<Summary> {
+    let Context { options, output, device, sources, keep, limit, largest_k, started } =
+        context;
     if matches!(keep, Keep::Disk { .. }) {
         release_free_memory();
     }
@@ -379,7 +427,7 @@ async fn run_checked(
         })?;
 
         let train_started = Instant::now();
-        let (outcomes, restarts) = tokio::task::block_in_place(|| match &engine {
+        let (outcomes, restarts) = match &engine {
             Engine::Cpu(trainer) => train_restarts(
                 pipeline,
                 trainer,
@@ -397,7 +445,7 @@ async fn run_checked(
                 &name,
                 options.progress,
             ),
-        })?;
+        }?;
         let training_s = train_started.elapsed().as_secs_f64();
         timings.train += training_s;
         write_history(
@@ -426,7 +474,7 @@ async fn run_checked(
         run.best_restart = best_restart;
         timings.evaluate += eval_started.elapsed().as_secs_f64();
         run.meets_constraints = run.table.meets_constraints(pipeline);
-        warn_about_categories(&run);
+        warn_about_categories(pipeline, &run);
 
         let saved = crate::model::SavedModel::new(
             &model,
@@ -441,14 +489,12 @@ async fn run_checked(
             options.progress,
             &format!("{}: writing the categorised inputs ({{elapsed}})", run.name),
         );
-        let written = tokio::task::block_in_place(|| {
-            crate::apply::apply(
-                &sources,
-                &events,
-                |discriminants| model.assign(&outcome.params, discriminants),
-                &run_dir,
-            )
-        });
+        let written = crate::apply::apply(
+            &sources,
+            &events,
+            |discriminants| model.assign(&outcome.params, discriminants),
+            &run_dir,
+        );
         writing.finish_and_clear();
         let written = written?;
         run.outputs = written
@@ -936,8 +982,10 @@ fn process_summaries(pipeline: &Pipeline, events: &EventSet) -> Result<Vec<Proce
 const MIN_BACKGROUND_EVENTS: usize = 10;
 
 /// Logs warnings about categories a physicist should look at.
-fn warn_about_categories(run: &RunSummary) {
+fn warn_about_categories(pipeline: &Pipeline, run: &RunSummary) {
     let table = &run.table;
+    let low_background = pipeline.objective.low_background.is_some();
+    let mc_uncertainty = pipeline.objective.mc_uncertainty.is_some();
     if table.nonpositive_background > 0 {
         tracing::warn!(
             run = %run.name,
@@ -967,9 +1015,17 @@ fn warn_about_categories(run: &RunSummary) {
         tracing::warn!(
             run = %run.name,
             "categories [{}] have fewer than {MIN_BACKGROUND_EVENTS} background MC events, \
-             so their background yield and Z are unreliable; add a `low_background` or \
-             `mc_uncertainty` penalty",
-            sparse.join(", ")
+             so their background yield and Z are unreliable; {}",
+            sparse.join(", "),
+            match (low_background, mc_uncertainty) {
+                (false, false) => "add a `low_background` or `mc_uncertainty` penalty",
+                (true, false) => {
+                    "raise `low_background.threshold` or its weight, or add an \
+                     `mc_uncertainty` penalty"
+                }
+                (false, true) => "lower `mc_uncertainty.max_relative` or raise its weight",
+                (true, true) => "tighten the penalties' limits or raise their weights",
+            }
         );
     }
     let uncertain: Vec<String> = table
@@ -988,9 +1044,13 @@ fn warn_about_categories(run: &RunSummary) {
         tracing::warn!(
             run = %run.name,
             "categories [{}] have a relative MC uncertainty √Σw²/B above 100 % (negative \
-             weights cancelling, or a few large weights), so their Z is meaningless; add an \
-             `mc_uncertainty` penalty",
-            uncertain.join(", ")
+             weights cancelling, or a few large weights), so their Z is meaningless; {}",
+            uncertain.join(", "),
+            if mc_uncertainty {
+                "lower `mc_uncertainty.max_relative` or raise its weight"
+            } else {
+                "add an `mc_uncertainty` penalty"
+            }
         );
     }
 }

@@ -353,3 +353,41 @@ fn dp_zero_background_groups_need_permission() {
     assert!((dp.z - best).abs() < 1e-12, "{} vs {best}", dp.z);
     assert_eq!(dp.edges, vec![0.0, 0.25, 0.75, 1.0]);
 }
+
+/// Runs a small toy with the `objective` lines and returns the standard
+/// error output. Its 8 categories leave few background MC events in the top ones.
+fn sparse_run(objective: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "name: sparse\nseed: 5\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 600, \
+         background: 300 }}\n{}selection:\n  sql: SELECT score, weight FROM events\n  \
+         discriminants: [score]\nmodel:\n  kind: sigmoid\n  categories: [8]\n\
+         {objective}training:\n  epochs: 2\n  refine: false\n\
+         output: out\n",
+        toy_1d_processes("toy")
+    );
+    crate::common::run_pipeline(&text, dir.path(), &[]).1
+}
+
+#[test]
+fn sparse_category_advice_follows_penalties() {
+    let cases = [
+        ("", "add a `low_background` or `mc_uncertainty` penalty"),
+        (
+            "objective:\n  penalties:\n    low_background: { threshold: 0.001, weight: 0.001 }\n",
+            "raise `low_background.threshold` or its weight, or add an `mc_uncertainty` penalty",
+        ),
+        (
+            "objective:\n  penalties:\n    mc_uncertainty: { max_relative: 50, weight: 0.001 }\n",
+            "lower `mc_uncertainty.max_relative` or raise its weight",
+        ),
+    ];
+    for (objective, advice) in cases {
+        let stderr = sparse_run(objective);
+        let warning = stderr
+            .lines()
+            .find(|l| l.contains("background MC events"))
+            .unwrap_or_else(|| panic!("no warning about sparse categories:\n{stderr}"));
+        assert!(warning.contains(&format!("unreliable; {advice}")), "{objective}: {warning}");
+    }
+}
