@@ -55,10 +55,10 @@ pub fn output_names(sources: &Sources) -> Vec<String> {
 ///
 /// `assign` gives the categories of events from their discriminants, one
 /// vector each, and rows the selection rejected get a null category. The
-/// events of one input lie in one range per process with rows rising in
-/// each, so while the input is copied batch by batch, every range is read
-/// forward in blocks alongside and its categories are put at their rows.
-/// Memory thus holds a few batches and one block of events per process.
+/// events of one input lie in one range per process, with rows rising in
+/// each. While the input is copied batch by batch, each range is read
+/// forward in blocks, and the block's categories go to their rows. Memory
+/// contains a few batches and one block of events per process.
 pub fn apply(
     sources: &Sources,
     events: &EventSet,

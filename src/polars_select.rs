@@ -15,7 +15,7 @@ use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{Receiver, sync_channel};
 
 use datafusion::arrow::array::make_array;
 use datafusion::arrow::datatypes::{Field, Schema};
@@ -358,34 +358,34 @@ enum Message {
     Done(pl::PolarsResult<()>),
 }
 
-/// Runs the selection on Polars' streaming engine and hands each result
-/// batch to `push`, sorted by process, input and row when `sorted`.
+/// The result batches of a selection that runs on Polars' streaming engine,
+/// in no particular order.
 ///
-/// The query runs on its own thread; a channel of two batches between it
-/// and `push` bounds the batches in flight. An error from `push` stops the
-/// query.
-pub fn run(
-    pipeline: &Pipeline,
-    sources: &Sources,
-    sorted: bool,
-    mut push: impl FnMut(&RecordBatch) -> Result<()>,
-) -> Result<()> {
-    let mut frame = query(pipeline, sources)?;
-    if sorted {
-        frame = frame.sort(HIDDEN_COLUMNS, pl::SortMultipleOptions::default());
-    }
+/// The query runs on its own thread, and a channel of two batches between
+/// it and the reader bounds the batches in flight. Dropping the iterator
+/// stops the query.
+pub struct Batches {
+    receive: Receiver<Message>,
+    runner: Option<std::thread::JoinHandle<()>>,
+    names: Vec<String>,
+    done: bool,
+}
+
+/// Starts the selection on Polars' streaming engine.
+pub fn start(pipeline: &Pipeline, sources: &Sources) -> Result<Batches> {
+    let frame = query(pipeline, sources)?;
     let names = output_names(pipeline);
 
     let (send, receive) = sync_channel::<Message>(2);
     let batches = send.clone();
     let on_batch: Arc<dyn Fn(pl::DataFrame) -> pl::PolarsResult<bool> + Send + Sync> =
         Arc::new(move |frame| {
-            // A closed channel means gato stopped reading: stop the query.
+            // A closed channel means gato stopped reading, so the query stops.
             Ok(batches.send(Message::Batch(frame)).is_err())
         });
     let callback = pl::PlanCallback::Rust(pl::SpecialEq::new(on_batch));
     let sink = frame
-        .sink_batches(callback, sorted, NonZeroUsize::new(BATCH_ROWS))
+        .sink_batches(callback, false, NonZeroUsize::new(BATCH_ROWS))
         .map_err(|e| Error::Select(format!("Polars: {e}")))?;
     let runner = std::thread::Builder::new()
         .name("gato-polars".into())
@@ -394,27 +394,44 @@ pub fn run(
             send.send(Message::Done(result)).ok();
         })
         .map_err(|e| Error::Internal(format!("starting the Polars thread: {e}")))?;
+    Ok(Batches { receive, runner: Some(runner), names, done: false })
+}
 
-    let mut outcome = Ok(());
-    for message in receive.iter() {
-        match message {
-            Message::Batch(frame) => {
-                if let Err(e) = frame_to_batch(&frame, &names).and_then(|b| push(&b)) {
-                    outcome = Err(e);
-                    break;
-                }
+impl Iterator for Batches {
+    type Item = Result<RecordBatch>;
+
+    /// Waits for the next result batch; after an error there are no more.
+    fn next(&mut self) -> Option<Result<RecordBatch>> {
+        if self.done {
+            return None;
+        }
+        let outcome = match self.receive.recv() {
+            Ok(Message::Batch(frame)) => frame_to_batch(&frame, &self.names),
+            Ok(Message::Done(Ok(()))) => {
+                self.done = true;
+                return None;
             }
-            Message::Done(result) => {
-                outcome = result.map_err(|e| {
-                    Error::Select(format!("the Polars query failed: {}", polars_message(&e)))
-                });
-                break;
-            }
+            Ok(Message::Done(Err(e))) => Err(Error::Select(format!(
+                "the Polars query failed: {}",
+                polars_message(&e)
+            ))),
+            Err(_) => Err(Error::Internal("the Polars thread panicked".into())),
+        };
+        self.done = outcome.is_err();
+        Some(outcome)
+    }
+}
+
+impl Drop for Batches {
+    /// Closes the channel, which stops a query still running, and waits for
+    /// its thread.
+    fn drop(&mut self) {
+        let (_, closed) = sync_channel(0);
+        drop(std::mem::replace(&mut self.receive, closed));
+        if let Some(runner) = self.runner.take() {
+            runner.join().ok();
         }
     }
-    drop(receive);
-    runner.join().map_err(|_| Error::Internal("the Polars thread panicked".into()))?;
-    outcome
 }
 
 /// Rewrites the selection SQL so that every `SELECT` reading `events`

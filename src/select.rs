@@ -9,12 +9,14 @@
 //! query are multiplied by each process's `scale`.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, Float64Array, Int32Array, Int64Array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::Column;
+use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::dataframe::DataFrame;
 use datafusion::logical_expr::{LogicalPlan, Projection};
@@ -265,14 +267,25 @@ pub async fn select_into(
     progress: &indicatif::ProgressBar,
 ) -> Result<EventSet> {
     if uses_polars(pipeline) {
+        let batches = crate::polars_select::start(pipeline, sources)?;
         let mut ingest = Ingest::new(pipeline, keep)?;
-        let sorted = matches!(keep, Keep::Disk { .. });
-        // Polars runs the query on its own threads; this one only waits.
-        crate::polars_select::run(pipeline, sources, sorted, |batch| {
-            ingest.push(batch)?;
-            progress.inc(batch.num_rows() as u64);
-            Ok(())
-        })?;
+        match keep {
+            // Polars runs the query on its own threads, and this one only waits.
+            Keep::Memory => {
+                for batch in batches {
+                    let batch = batch?;
+                    ingest.push(&batch)?;
+                    progress.inc(batch.num_rows() as u64);
+                }
+            }
+            // Polars sorts in memory without a limit, so DataFusion sorts
+            // the result instead, within the budget, spilling to disk.
+            Keep::Disk { .. } => {
+                if let Some(stream) = sort_batches(pipeline, keep, batches).await? {
+                    ingest_stream(stream, &mut ingest, progress).await?;
+                }
+            }
+        }
         progress.finish_and_clear();
         crate::polars_select::count_unmatched(sources)?;
         sources.warn_unmatched();
@@ -283,19 +296,116 @@ pub async fn select_into(
         Keep::Memory => plan,
         Keep::Disk { .. } => sorted_by_event(pipeline, plan)?,
     };
-    let mut stream = DataFrame::new(state, plan)
+    let stream = DataFrame::new(state, plan)
         .execute_stream()
         .await
         .map_err(|e| Error::datafusion("selection: starting the query", e))?;
     let mut ingest = Ingest::new(pipeline, keep)?;
+    ingest_stream(stream, &mut ingest, progress).await?;
+    progress.finish_and_clear();
+    sources.warn_unmatched();
+    ingest.finish()
+}
+
+/// Hands every batch of `stream` to `ingest`, counting the events on
+/// `progress`.
+async fn ingest_stream(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+    ingest: &mut Ingest<'_>,
+    progress: &indicatif::ProgressBar,
+) -> Result<()> {
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(unwrap_input_error)?;
         ingest.push(&batch)?;
         progress.inc(batch.num_rows() as u64);
     }
-    progress.finish_and_clear();
-    sources.warn_unmatched();
-    ingest.finish()
+    Ok(())
+}
+
+/// Sorts the result batches of a Polars selection by process, input and
+/// row with DataFusion, within the memory of `keep`. Returns `None` when
+/// the selection returned no batches.
+async fn sort_batches(
+    pipeline: &Pipeline,
+    keep: Keep,
+    mut batches: crate::polars_select::Batches,
+) -> Result<Option<datafusion::execution::SendableRecordBatchStream>> {
+    let Some(first) = batches.next() else {
+        return Ok(None);
+    };
+    let first = first?;
+    let schema = first.schema();
+
+    let (send, receive) = tokio::sync::mpsc::channel(2);
+    let feed_schema = schema.clone();
+    // A thread waits for the Polars batches and passes them to DataFusion's
+    // stream. It stops when the stream is dropped.
+    std::thread::Builder::new()
+        .name("gato-polars-feed".into())
+        .spawn(move || {
+            for batch in std::iter::once(Ok(first)).chain(batches) {
+                let batch = batch.and_then(|b| {
+                    RecordBatch::try_new(feed_schema.clone(), b.columns().to_vec()).map_err(|e| {
+                        Error::Internal(format!("a Polars result batch changed its columns: {e}"))
+                    })
+                });
+                let failed = batch.is_err();
+                let batch = batch.map_err(|e| DataFusionError::External(Box::new(e)));
+                if send.blocking_send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .map_err(|e| Error::Internal(format!("starting the Polars feed thread: {e}")))?;
+
+    let partition = ChannelPartition { schema: schema.clone(), receive: Mutex::new(Some(receive)) };
+    let table = datafusion::catalog::streaming::StreamingTable::try_new(
+        schema,
+        vec![Arc::new(partition)],
+    )
+    .map_err(|e| Error::datafusion("selection: reading the Polars result", e))?;
+
+    let ctx = session(keep)?;
+    let frame = ctx
+        .read_table(Arc::new(table))
+        .map_err(|e| Error::datafusion("selection: reading the Polars result", e))?;
+    let (state, plan) = frame.into_parts();
+    let plan = sorted_by_event(pipeline, plan)?;
+    let stream = DataFrame::new(state, plan)
+        .execute_stream()
+        .await
+        .map_err(|e| Error::datafusion("selection: sorting the Polars result", e))?;
+    Ok(Some(stream))
+}
+
+/// One partition of a DataFusion table that yields the batches of a channel.
+#[derive(Debug)]
+struct ChannelPartition {
+    schema: SchemaRef,
+    receive: Mutex<Option<tokio::sync::mpsc::Receiver<DFResult<RecordBatch>>>>,
+}
+
+impl datafusion::physical_plan::streaming::PartitionStream for ChannelPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Returns the channel's batches; a second call returns no batches.
+    fn execute(
+        &self,
+        _: Arc<datafusion::execution::TaskContext>,
+    ) -> datafusion::execution::SendableRecordBatchStream {
+        let receive = self.receive.lock().map(|mut r| r.take()).unwrap_or(None);
+        let batches = futures::stream::unfold(receive, |receive| async move {
+            let mut receive = receive?;
+            let batch = receive.recv().await?;
+            Some((batch, Some(receive)))
+        });
+        Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            self.schema.clone(),
+            batches,
+        ))
+    }
 }
 
 /// Keeps only the columns gato reads and sorts the rows by process, input
@@ -321,14 +431,10 @@ fn sorted_by_event(pipeline: &Pipeline, plan: LogicalPlan) -> Result<LogicalPlan
         .map_err(|e| Error::datafusion("selection: sorting the events", e))
 }
 
-/// Builds the logical plan of the selection, with the hidden columns, and
-/// checks that it returns the discriminants and the weight as numbers.
-async fn plan(
-    pipeline: &Pipeline,
-    sources: &Sources,
-    keep: Keep,
-) -> Result<(datafusion::execution::SessionState, LogicalPlan)> {
-    let ctx = match keep {
+/// Creates the DataFusion session of the selection: for events bound for
+/// disk, its sorts spill to disk beyond `sort_bytes`.
+fn session(keep: Keep) -> Result<SessionContext> {
+    Ok(match keep {
         Keep::Memory => SessionContext::new(),
         Keep::Disk { sort_bytes, .. } => {
             let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
@@ -343,7 +449,17 @@ async fn plan(
             config.options_mut().execution.sort_spill_reservation_bytes = sort_bytes / 4;
             SessionContext::new_with_config_rt(config, runtime)
         }
-    };
+    })
+}
+
+/// Builds the logical plan of the selection, with the hidden columns, and
+/// checks that it returns the discriminants and the weight as numbers.
+async fn plan(
+    pipeline: &Pipeline,
+    sources: &Sources,
+    keep: Keep,
+) -> Result<(datafusion::execution::SessionState, LogicalPlan)> {
+    let ctx = session(keep)?;
     ctx.register_table("events", Arc::new(sources.events_table()?))
         .map_err(|e| Error::datafusion("registering the table `events`", e))?;
     let df = ctx.sql(&pipeline.selection.sql).await.map_err(|e| {
@@ -592,6 +708,14 @@ impl<'a> Ingest<'a> {
         let mut process_ranges = Vec::with_capacity(self.counts.len());
         let mut start = 0;
         for (p, &n) in self.counts.iter().enumerate() {
+            if n == 0 && self.bad[p] > 0 {
+                return Err(Error::Select(format!(
+                    "process `{}` has no events left: the selection returned {} of its \
+                     events, all with NaN, ±inf or null values, and \
+                     `selection.non_finite: drop` dropped them; fix the inputs or the SQL",
+                    pipeline.processes[p].name, self.bad[p]
+                )));
+            }
             if n == 0 {
                 return Err(Error::Select(format!(
                     "process `{}` has no events after the selection; check its input \

@@ -203,7 +203,7 @@ pub struct DiskEvents {
     /// Index of the first event of each chunk.
     chunk_starts: Vec<usize>,
     process_ranges: Vec<Range<usize>>,
-    /// Where each (process, input) pair's events lie, in event order.
+    /// Event range of each (process, input) pair, in event order.
     segments: Vec<Segment>,
     len: usize,
 }
@@ -249,7 +249,7 @@ impl DiskEvents {
                 break;
             }
             let (lo, hi) = (range.start.max(start) - start, range.end.min(start + n) - start);
-            // Each column holds n values; the row column follows the
+            // Each column contains n values. The row column follows the
             // discriminants, the weight, the mass, the process and the input.
             for (d, column) in discriminants.iter_mut().enumerate() {
                 read_at(file, offset + ((d * n + lo) * 8) as u64, hi - lo, &mut bytes)?;
@@ -521,7 +521,7 @@ mod tests {
     }
 
     #[test]
-    fn input_ranges_and_range_reads_agree_in_memory_and_on_disk() {
+    fn ranges_memory_and_disk_agree() {
         let (events, _) = events();
         let expected_ranges =
             [vec![0..5, 9..15, 15..18], vec![5..9, 18..23]];
@@ -543,7 +543,7 @@ mod tests {
     }
 
     #[test]
-    fn a_range_past_the_last_event_is_an_error() {
+    fn range_past_end_fails() {
         let (events, _) = events();
         let set = on_disk(&events, 7);
         let error = set.range_reader().unwrap().read(20..30).unwrap_err().to_string();

@@ -484,7 +484,9 @@ fn validate_processes(file: &PipelineFile, at: &AtFn) -> Result<Vec<Process>> {
 
 fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec<Input>> {
     let mut inputs: Vec<Input> = Vec::new();
-    let mut file_index: BTreeMap<PathBuf, usize> = BTreeMap::new();
+    // Where each file is first listed: the source or process, and the path
+    // as written there.
+    let mut file_index: BTreeMap<PathBuf, (String, PathBuf)> = BTreeMap::new();
     let mut source_inputs: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
 
     // Named sources first, so processes can refer to them.
@@ -521,13 +523,18 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
             (Some(patterns), None) => {
                 for path in expand_patterns(patterns).map_err(|m| plain(&key, m))? {
                     let canonical = canonical(&path);
-                    if file_index.contains_key(&canonical) {
+                    if let Some((owner, first)) = file_index.get(&canonical) {
                         return Err(plain(
                             &key,
-                            format!("file {} is listed twice", path.display()),
+                            format!(
+                                "file {} is listed twice: {owner} already reads it as {}; \
+                                 list each file once",
+                                path.display(),
+                                first.display()
+                            ),
                         ));
                     }
-                    file_index.insert(canonical, inputs.len());
+                    file_index.insert(canonical, (format!("`{key}`"), path.clone()));
                     indices.push(inputs.len());
                     let assign = match &source.process_column {
                         Some(column) => ProcessAssign::ByColumn {
@@ -592,19 +599,21 @@ fn resolve_inputs(file: &PipelineFile, at: &AtFn, plain: &PlainFn) -> Result<Vec
                 for path in expand_patterns(patterns)
                     .map_err(|m| at(loc, "processes.files", m))?
                 {
-                    if let Some(&i) = file_index.get(&canonical(&path)) {
+                    if let Some((owner, first)) = file_index.get(&canonical(&path)) {
                         return Err(at(
                             loc,
                             "processes.files",
                             format!(
-                                "file {} is already used by {}; list it once, as a \
-                                 source with a `process_column` if several processes share it",
+                                "file {} is already used by {owner} (as {}); list it once, \
+                                 as a source with a `process_column` if several processes \
+                                 share it",
                                 path.display(),
-                                inputs[i].label()
+                                first.display()
                             ),
                         ));
                     }
-                    file_index.insert(canonical(&path), inputs.len());
+                    file_index
+                        .insert(canonical(&path), (format!("process `{}`", p.name), path.clone()));
                     inputs.push(Input {
                         kind: input_kind(path),
                         assign: ProcessAssign::All(index),

@@ -399,7 +399,34 @@ fn error_same_file_two_spellings() {
     let err = config_error(&text);
     assert_eq!(
         err,
-        format!("p.yaml: sources.mc: file {} is listed twice", other.display())
+        format!(
+            "p.yaml: sources.mc: file {} is listed twice: `sources.mc` already reads it as {}; \
+             list each file once",
+            other.display(),
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn error_process_file_also_in_source() {
+    let (_dir, path) = two_event_file();
+    let text = write_file_pipeline(&path, "SELECT score, weight FROM events").replace(
+        "  - { name: bkg1, role: background, source: mc }\n",
+        &format!(
+            "  - {{ name: bkg1, role: background, source: mc }}\n  - {{ name: bkg2, role: \
+             background, files: [\"{}\"] }}\n",
+            path.display()
+        ),
+    );
+    let err = config_error(&text);
+    assert!(
+        err.ends_with(&format!(
+            "processes.files: file {0} is already used by `sources.mc` (as {0}); list it once, \
+             as a source with a `process_column` if several processes share it",
+            path.display()
+        )),
+        "{err}"
     );
 }
 
@@ -479,6 +506,29 @@ fn non_finite_drop_keeps_finite_events() {
     assert_eq!(events.discriminants[0], [0.5, 0.3]);
     assert_eq!(events.weight, [1.0, 2.0]);
     assert_eq!(events.row, [0, 3]);
+}
+
+#[test]
+fn error_non_finite_drop_empties_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.parquet");
+    write_parquet(
+        &path,
+        &["signal", "bkg1", "bkg1"],
+        &[0.5, f64::NAN, 0.3],
+        &[1.0, 1.0, f64::NEG_INFINITY],
+    );
+    let text = write_file_pipeline(&path, "SELECT score, weight FROM events").replace(
+        "  discriminants: [score]\n",
+        "  discriminants: [score]\n  non_finite: drop\n",
+    );
+    let err = select_error(&text);
+    assert_eq!(
+        err,
+        "selection: process `bkg1` has no events left: the selection returned 2 of its events, \
+         all with NaN, ±inf or null values, and `selection.non_finite: drop` dropped them; fix \
+         the inputs or the SQL"
+    );
 }
 
 /// BASE with two discriminants and the given model lines.
