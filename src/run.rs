@@ -4,6 +4,7 @@
 //! `summary.json`, and per run (`<model>_k<K>/`) `history.json` and one
 //! Parquet file per input with the `category` column.
 
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -757,11 +758,24 @@ fn best_restart(restarts: &[RestartSummary]) -> usize {
     best
 }
 
+/// Largest number of events kept one by one around the cuts when events on
+/// disk are refined, over all cuts.
+const WINDOW_EVENTS: usize = 1_000_000;
+
+/// Largest half-width, in bins of [`REFINE_BINS`], of the window around a cut.
+const MAX_WINDOW_BINS: usize = 500;
+
+/// Rounds of exact refinement in windows around the cuts, for events on disk.
+const WINDOW_ROUNDS: usize = 4;
+
 /// Refines 1D sigmoid cuts on the exact hard significance if
 /// `training.refine` is set, and returns whether the cuts were refined.
 ///
-/// Events on disk are refined on the filled cells of [`REFINE_BINS`] bins,
-/// so the cuts move between cell positions instead of between events.
+/// Events on disk are first refined on the filled cells of [`REFINE_BINS`]
+/// bins. Then the events in a window of bins around each cut are read one
+/// by one and the rest stay in cells, so a cut inside its window moves
+/// between events as in memory. When a cut ends at the edge of its window,
+/// the windows move and the refinement repeats.
 fn refine(
     pipeline: &Pipeline,
     events: &EventSet,
@@ -775,22 +789,159 @@ fn refine(
     if !pipeline.training.refine || pipeline.objective.reweight.is_some() {
         return Ok(false);
     }
-    let binned;
-    let events = match events.in_memory() {
-        Some(events) => events,
+    let mut cuts = cuts_model.boundaries(&outcome.params);
+    let (low, high) = (cuts_model.low, cuts_model.high);
+    match events.in_memory() {
+        Some(events) => {
+            let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, events) else {
+                return Ok(false);
+            };
+            sorted.refine(&mut cuts, low, high);
+        }
         None if events.dims() == 1 => {
-            binned = binned_first(pipeline, events, REFINE_BINS)?;
-            &binned
+            let binned = binned_first(pipeline, events, REFINE_BINS)?;
+            let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, &binned) else {
+                return Ok(false);
+            };
+            sorted.refine(&mut cuts, low, high);
+            let counts = bin_counts(pipeline, &binned, REFINE_BINS);
+            drop((sorted, binned));
+            for round in 0..WINDOW_ROUNDS {
+                let windows = cut_windows(pipeline, &cuts, &counts);
+                let mixed = events_in_windows(pipeline, events, &windows)?;
+                let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, &mixed) else {
+                    return Ok(false);
+                };
+                sorted.refine(&mut cuts, low, high);
+                let inside = cuts_inside(pipeline, &cuts, &windows);
+                tracing::debug!(round, inside, windows = windows.len(), "refined in windows");
+                if inside {
+                    break;
+                }
+            }
         }
         None => return Ok(false),
-    };
-    let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, events) else {
-        return Ok(false);
-    };
-    let mut cuts = cuts_model.boundaries(&outcome.params);
-    sorted.refine(&mut cuts, cuts_model.low, cuts_model.high);
+    }
     outcome.params.values[0] = cuts_model.raw_from_boundaries(&cuts);
     Ok(true)
+}
+
+/// Number of events in each of `bins` bins of the first discriminant.
+fn bin_counts(pipeline: &Pipeline, binned: &Events, bins: usize) -> Vec<usize> {
+    let (lo, hi) = pipeline.model.ranges[0];
+    let mut counts = vec![0usize; bins];
+    let n = binned.count.as_ref();
+    for (i, &x) in binned.discriminants[0].iter().enumerate() {
+        counts[crate::select::bin_of(x, lo, hi, bins)] += n.map_or(1, |n| n[i] as usize);
+    }
+    counts
+}
+
+/// Bin ranges around each cut, merged where they overlap. Each spans up to
+/// [`MAX_WINDOW_BINS`] bins on either side of its cut, fewer where the
+/// windows would contain more than [`WINDOW_EVENTS`] events together.
+fn cut_windows(pipeline: &Pipeline, cuts: &[f64], counts: &[usize]) -> Vec<Range<usize>> {
+    let (lo, hi) = pipeline.model.ranges[0];
+    let bins = counts.len();
+    let share = WINDOW_EVENTS / cuts.len().max(1);
+    let mut windows: Vec<Range<usize>> = cuts
+        .iter()
+        .map(|&cut| {
+            let center = crate::select::bin_of(cut, lo, hi, bins);
+            let (mut start, mut end) = (center, center + 1);
+            let mut held = counts[center];
+            for _ in 0..MAX_WINDOW_BINS {
+                let left = if start > 0 { counts[start - 1] } else { 0 };
+                let right = if end < bins { counts[end] } else { 0 };
+                if held + left + right > share || (start == 0 && end == bins) {
+                    break;
+                }
+                held += left + right;
+                start = start.saturating_sub(1);
+                end = (end + 1).min(bins);
+            }
+            start..end
+        })
+        .collect();
+    windows.sort_by_key(|w| w.start);
+    let mut merged: Vec<Range<usize>> = Vec::new();
+    for w in windows {
+        match merged.last_mut() {
+            Some(last) if w.start <= last.end => last.end = last.end.max(w.end),
+            _ => merged.push(w),
+        }
+    }
+    merged
+}
+
+/// Returns whether every cut lies inside a window and off its two end bins,
+/// so that the search around it saw events on both sides.
+fn cuts_inside(pipeline: &Pipeline, cuts: &[f64], windows: &[Range<usize>]) -> bool {
+    let (lo, hi) = pipeline.model.ranges[0];
+    let bins = REFINE_BINS;
+    cuts.iter().all(|&cut| {
+        let bin = crate::select::bin_of(cut, lo, hi, bins);
+        windows.iter().any(|w| {
+            let first_ok = w.start == 0 || bin > w.start;
+            let last_ok = w.end == bins || bin + 1 < w.end;
+            w.contains(&bin) && first_ok && last_ok
+        })
+    })
+}
+
+/// Returns the events with their first discriminant in one of the bin
+/// ranges `windows` one by one, and every other event in the filled cells
+/// of [`REFINE_BINS`] bins, sorted by process.
+fn events_in_windows(
+    pipeline: &Pipeline,
+    events: &EventSet,
+    windows: &[Range<usize>],
+) -> Result<Events> {
+    let (lo, hi) = pipeline.model.ranges[0];
+    let processes = pipeline.processes.len();
+    let mut binner = Binner::new(&pipeline.model.ranges[..1], REFINE_BINS, processes);
+    let mut exact: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); processes];
+    events.for_each_chunk(|chunk| {
+        let mut outside = Events {
+            discriminants: vec![Vec::new()],
+            process_ranges: Vec::with_capacity(processes),
+            ..Events::default()
+        };
+        for (p, range) in chunk.process_ranges.iter().enumerate() {
+            let start = outside.weight.len();
+            for i in range.clone() {
+                let x = chunk.discriminants[0][i];
+                let bin = crate::select::bin_of(x, lo, hi, REFINE_BINS);
+                if windows.iter().any(|w| w.contains(&bin)) {
+                    exact[p].0.push(x);
+                    exact[p].1.push(chunk.weight[i]);
+                } else {
+                    outside.discriminants[0].push(x);
+                    outside.weight.push(chunk.weight[i]);
+                    outside.process.push(p as u32);
+                }
+            }
+            outside.process_ranges.push(start..outside.weight.len());
+        }
+        binner.add(&outside);
+        Ok(())
+    })?;
+    let cells = binner.finish();
+    let mut mixed = Events {
+        discriminants: vec![Vec::new()],
+        process_ranges: Vec::with_capacity(processes),
+        ..Events::default()
+    };
+    for (p, (x, w)) in exact.into_iter().enumerate() {
+        let start = mixed.weight.len();
+        let range = cells.process_ranges[p].clone();
+        mixed.discriminants[0].extend_from_slice(&cells.discriminants[0][range.clone()]);
+        mixed.weight.extend_from_slice(&cells.weight[range]);
+        mixed.discriminants[0].extend(x);
+        mixed.weight.extend(w);
+        mixed.process_ranges.push(start..mixed.weight.len());
+    }
+    Ok(mixed)
 }
 
 /// Evaluates the kept parameters exactly, with the baselines.

@@ -79,8 +79,9 @@ impl SortedEvents {
     }
 
     /// Refines ascending `cuts` in place and returns the combined Z of the
-    /// result. Cuts only move to midpoints between two distinct event
-    /// values, and stay strictly inside `(low, high)`.
+    /// result. Every cut ends at the midpoint between two distinct event
+    /// values, strictly inside `(low, high)`, unless no such midpoint keeps
+    /// its split.
     pub fn refine(&self, cuts: &mut [f64], low: f64, high: f64) -> f64 {
         let n = self.x.len();
         let mut edges: Vec<usize> = std::iter::once(0)
@@ -116,6 +117,18 @@ impl SortedEvents {
             }
             if !moved {
                 break;
+            }
+        }
+        // A cut that never moved goes to the midpoint of its two events too,
+        // so equal splits give equal cuts whatever the starting point.
+        for (j, cut) in cuts.iter_mut().enumerate() {
+            let split = edges[j + 1];
+            if split == 0 || split == n || self.x[split] == self.x[split - 1] {
+                continue;
+            }
+            let middle = 0.5 * (self.x[split - 1] + self.x[split]);
+            if middle > self.x[split - 1] && middle > low && middle < high {
+                *cut = middle;
             }
         }
         let z2: f64 =
