@@ -62,7 +62,7 @@ pub fn output_names(sources: &Sources) -> Vec<String> {
 pub fn apply(
     sources: &Sources,
     events: &EventSet,
-    assign: impl Fn(&[Vec<f64>]) -> Vec<u32>,
+    assign: impl Fn(&[Vec<f64>]) -> Vec<u32> + Sync,
     dir: &Path,
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)
@@ -140,7 +140,7 @@ impl Run {
         first: u64,
         slots: &mut [u32],
         reader: &mut RangeReader,
-        assign: &impl Fn(&[Vec<f64>]) -> Vec<u32>,
+        assign: &(impl Fn(&[Vec<f64>]) -> Vec<u32> + Sync),
     ) -> Result<()> {
         let end = first + slots.len() as u64;
         loop {
@@ -186,7 +186,7 @@ pub fn write_categorised(
     raw: &SchemaRef,
     label: &str,
     path: &Path,
-    mut categorise: impl FnMut(&RecordBatch, usize) -> Result<Int32Array>,
+    mut categorise: impl FnMut(&RecordBatch, usize) -> Result<Int32Array> + Send,
 ) -> Result<()> {
     if raw.field_with_name(CATEGORY_COLUMN).is_ok() {
         return Err(Error::input(
@@ -206,46 +206,39 @@ pub fn write_categorised(
     let mut writer = ArrowWriter::try_new(file, schema.clone(), None)
         .map_err(|e| Error::output(path, e.to_string()))?;
 
-    // A reader thread decodes the next input batches while this one
-    // encodes and writes; the bounded channel keeps at most two waiting.
+    // A reader thread decodes the next input batches and categorises them
+    // while this one encodes and writes. Encoding takes the longest, so it
+    // gets a thread to itself. The bounded channel keeps at most two
+    // batches waiting.
     std::thread::scope(|scope| {
         let (send, receive) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
+        let batch_schema = schema.clone();
         scope.spawn(move || {
+            let mut row = 0usize;
             for batch in batches {
-                let failed = batch.is_err();
+                let out = batch.and_then(|batch| {
+                    let column = categorise(&batch, row)?;
+                    row += batch.num_rows();
+                    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+                    columns.push(Arc::new(column));
+                    RecordBatch::try_new(batch_schema.clone(), columns)
+                        .map_err(|e| Error::Internal(format!("building output batch: {e}")))
+                });
+                let failed = out.is_err();
                 // The receiver is gone when writing failed.
-                if send.send(batch).is_err() || failed {
+                if send.send(out).is_err() || failed {
                     return;
                 }
             }
         });
-        write_batches(receive, &schema, &mut writer, path, &mut categorise)
+        for batch in receive {
+            writer.write(&batch?).map_err(|e| Error::output(path, e.to_string()))?;
+        }
+        Ok::<(), Error>(())
     })?;
 
     writer.close().map_err(|e| Error::output(path, e.to_string()))?;
     crate::atomic::persist(temp, path)
-}
-
-/// Appends the categories to each batch and writes it.
-fn write_batches(
-    batches: impl IntoIterator<Item = Result<RecordBatch>>,
-    schema: &SchemaRef,
-    writer: &mut ArrowWriter<std::fs::File>,
-    path: &Path,
-    categorise: &mut impl FnMut(&RecordBatch, usize) -> Result<Int32Array>,
-) -> Result<()> {
-    let mut row = 0usize;
-    for batch in batches {
-        let batch = batch?;
-        let column = categorise(&batch, row)?;
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        columns.push(Arc::new(column));
-        let out = RecordBatch::try_new(schema.clone(), columns)
-            .map_err(|e| Error::Internal(format!("building output batch: {e}")))?;
-        writer.write(&out).map_err(|e| Error::output(path, e.to_string()))?;
-        row += batch.num_rows();
-    }
-    Ok(())
 }
 
 /// Categorises the Parquet file `input` with a saved model and writes it,
