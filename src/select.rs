@@ -86,6 +86,13 @@ impl Events {
     }
 }
 
+/// Returns the bin of `x` among `bins` equal bins of `lo..hi`; values
+/// outside, and NaN, go to the end bins.
+pub fn bin_of(x: f64, lo: f64, hi: f64, bins: usize) -> usize {
+    let t = ((x - lo) / (hi - lo) * bins as f64).floor();
+    if t.is_nan() || t < 0.0 { 0 } else { (t as usize).min(bins - 1) }
+}
+
 /// Builds [`Events::binned`] chunk by chunk from events sorted by process.
 pub struct Binner {
     ranges: Vec<(f64, f64)>,
@@ -141,14 +148,7 @@ impl Binner {
                 let mut cell = 0;
                 for d in (0..dims).rev() {
                     let (lo, hi) = self.ranges[d];
-                    let t = ((events.discriminants[d][i] - lo) / (hi - lo) * bins as f64)
-                        .floor();
-                    let bin = if t.is_nan() || t < 0.0 {
-                        0
-                    } else {
-                        (t as usize).min(bins - 1)
-                    };
-                    cell = cell * bins + bin;
+                    cell = cell * bins + bin_of(events.discriminants[d][i], lo, hi, bins);
                 }
                 let w = events.weight[i];
                 self.sumw[cell] += w;
@@ -431,6 +431,24 @@ fn sorted_by_event(pipeline: &Pipeline, plan: LogicalPlan) -> Result<LogicalPlan
         .map_err(|e| Error::datafusion("selection: sorting the events", e))
 }
 
+/// Removes the hidden columns from the list after "Valid fields are " in a
+/// DataFusion message; the list ends at a period that ends a sentence.
+fn without_hidden_fields(message: &str) -> String {
+    const LEAD: &str = "Valid fields are ";
+    let Some(at) = message.find(LEAD) else {
+        return message.to_string();
+    };
+    let start = at + LEAD.len();
+    let rest = &message[start..];
+    let end = rest
+        .char_indices()
+        .find(|&(i, c)| c == '.' && rest[i + 1..].chars().next().is_none_or(char::is_whitespace))
+        .map_or(rest.len(), |(i, _)| i);
+    let fields: Vec<&str> =
+        rest[..end].split(", ").filter(|f| !f.contains("_gato_")).collect();
+    format!("{}{}{}", &message[..start], fields.join(", "), &rest[end..])
+}
+
 /// Creates the DataFusion session of the selection: for events bound for
 /// disk, its sorts spill to disk beyond `sort_bytes`.
 fn session(keep: Keep) -> Result<SessionContext> {
@@ -464,7 +482,8 @@ async fn plan(
         .map_err(|e| Error::datafusion("registering the table `events`", e))?;
     let df = ctx.sql(&pipeline.selection.sql).await.map_err(|e| {
         Error::Select(format!(
-            "the SQL failed to plan: {e}\n(the table is `events`; its columns are [{}])",
+            "the SQL failed to plan: {}\n(the table is `events`; its columns are [{}])",
+            without_hidden_fields(&e.to_string()),
             visible_columns(sources)
         ))
     })?;
@@ -924,5 +943,35 @@ fn unwrap_input_error(e: datafusion::error::DataFusionError) -> Error {
             }
         }
         other => Error::datafusion("selection", other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_hidden_fields;
+
+    #[test]
+    fn hidden_fields_removed_from_list() {
+        let message = "Schema error: No field named scor. Valid fields are events.score, \
+                       events._gato_row, events.weight, _gato_input.\nmore text";
+        assert_eq!(
+            without_hidden_fields(message),
+            "Schema error: No field named scor. Valid fields are events.score, \
+             events.weight.\nmore text"
+        );
+    }
+
+    #[test]
+    fn hidden_fields_list_at_end() {
+        assert_eq!(
+            without_hidden_fields("Valid fields are a.b, _gato_row"),
+            "Valid fields are a.b"
+        );
+    }
+
+    #[test]
+    fn hidden_fields_other_message_unchanged() {
+        let message = "No field named x. Did you mean `events._gato_row`?";
+        assert_eq!(without_hidden_fields(message), message);
     }
 }

@@ -274,6 +274,14 @@ fn error_sql_unknown_column_shows_datafusion_message() {
 }
 
 #[test]
+fn error_sql_unknown_column_hides_hidden_columns() {
+    let (_dir, path) = two_event_file();
+    let err = select_error(&write_file_pipeline(&path, "SELECT qqq, weight FROM events"));
+    assert!(err.contains("Valid fields are events.score, events.weight, events.process."), "{err}");
+    assert!(!err.contains("_gato_"), "{err}");
+}
+
+#[test]
 fn error_sql_syntax() {
     let (_dir, path) = two_event_file();
     let err =
