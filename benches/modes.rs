@@ -2,22 +2,25 @@
 //! events resident in one pass, the two-pass gradient over chunks
 //! (`training.chunk_events`), binned statistics (`training.statistics:
 //! binned`), and both of the last two with the events kept on disk
-//! (`selection.events: disk`). For each size and mode it runs `gato run`
+//! (`selection.events: disk`), and binned statistics after a selection on
+//! the Polars engine, in memory and on disk (`selection.engine: polars`).
+//! For each size and mode it runs `gato run`
 //! in its own process. It prints selection and apply throughput, the
 //! time of one epoch, the peak resident memory and the final hard Z, then
 //! checks that the modes agree on hard Z within 0.1 %.
 //!
 //! ```text
 //! cargo bench --bench modes -- [--sizes 1000000,10000000,50000000] [--epochs 5]
-//!     [--modes resident,chunked,binned,disk,disk-binned]
+//!     [--modes resident,chunked,binned,disk,disk-binned,polars,polars-disk]
 //! ```
 //!
 //! Each size N gets N/4 signal and 3N/4 background events, written once by
 //! `gato generate toy-1d` into a temporary directory, and K = 5 sigmoid
 //! cuts. The resident mode runs with an unbounded `--memory-limit`, the
-//! chunked and binned modes with 4096 MiB and the disk modes with 1024 MiB. For each size it also times DataFusion's own `COPY (SELECT * FROM
-//! t) TO 'out.parquet'` of the input and prints how fast the slowest apply
-//! stage is against it. Exits with status 1 when the modes disagree.
+//! other in-memory modes with 4096 MiB and the disk modes with 1024 MiB.
+//! For each size it also times DataFusion's own `COPY (SELECT * FROM t) TO
+//! 'out.parquet'` of the input and prints how fast the slowest apply stage
+//! is against it. Exits with status 1 when the modes disagree.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,7 +76,7 @@ struct Mode {
     budget: &'static str,
 }
 
-const MODES: [Mode; 5] = [
+const MODES: [Mode; 7] = [
     // An unbounded budget, so that gato does not switch to chunks itself.
     Mode { name: "resident", selection: "", training: "", budget: "1e12" },
     Mode {
@@ -92,6 +95,20 @@ const MODES: [Mode; 5] = [
     Mode {
         name: "disk-binned",
         selection: "  events: disk\n",
+        training: "  statistics: binned\n",
+        budget: "1024",
+    },
+    // The Polars engine, with binned statistics so that the selection and
+    // apply stages dominate.
+    Mode {
+        name: "polars",
+        selection: "  engine: polars\n",
+        training: "  statistics: binned\n",
+        budget: "4096",
+    },
+    Mode {
+        name: "polars-disk",
+        selection: "  engine: polars\n  events: disk\n",
         training: "  statistics: binned\n",
         budget: "1024",
     },
