@@ -760,7 +760,7 @@ fn best_restart(restarts: &[RestartSummary]) -> usize {
 
 /// Largest number of events kept one by one around the cuts when events on
 /// disk are refined, over all cuts.
-const WINDOW_EVENTS: usize = 1_000_000;
+const WINDOW_EVENTS: usize = 250_000;
 
 /// Largest half-width, in bins of [`REFINE_BINS`], of the window around a cut.
 const MAX_WINDOW_BINS: usize = 500;
