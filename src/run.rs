@@ -807,13 +807,13 @@ fn refine(
             let counts = bin_counts(pipeline, &binned, REFINE_BINS);
             drop((sorted, binned));
             for round in 0..WINDOW_ROUNDS {
-                let windows = cut_windows(pipeline, &cuts, &counts);
+                let windows = cut_windows(pipeline.model.ranges[0], &cuts, &counts, WINDOW_EVENTS);
                 let mixed = events_in_windows(pipeline, events, &windows)?;
                 let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, &mixed) else {
                     return Ok(false);
                 };
                 sorted.refine(&mut cuts, low, high);
-                let inside = cuts_inside(pipeline, &cuts, &windows);
+                let inside = cuts_inside(pipeline.model.ranges[0], &cuts, &windows, REFINE_BINS);
                 tracing::debug!(round, inside, windows = windows.len(), "refined in windows");
                 if inside {
                     break;
@@ -837,13 +837,18 @@ fn bin_counts(pipeline: &Pipeline, binned: &Events, bins: usize) -> Vec<usize> {
     counts
 }
 
-/// Bin ranges around each cut, merged where they overlap. Each spans up to
-/// [`MAX_WINDOW_BINS`] bins on either side of its cut, fewer where the
-/// windows would contain more than [`WINDOW_EVENTS`] events together.
-fn cut_windows(pipeline: &Pipeline, cuts: &[f64], counts: &[usize]) -> Vec<Range<usize>> {
-    let (lo, hi) = pipeline.model.ranges[0];
+/// Bin ranges around each cut, merged where they overlap, for `counts`
+/// events in equal bins of `lo..hi`. Each spans up to [`MAX_WINDOW_BINS`]
+/// bins on either side of its cut, fewer where the windows would contain
+/// more than `max_events` events together.
+fn cut_windows(
+    (lo, hi): (f64, f64),
+    cuts: &[f64],
+    counts: &[usize],
+    max_events: usize,
+) -> Vec<Range<usize>> {
     let bins = counts.len();
-    let share = WINDOW_EVENTS / cuts.len().max(1);
+    let share = max_events / cuts.len().max(1);
     let mut windows: Vec<Range<usize>> = cuts
         .iter()
         .map(|&cut| {
@@ -874,11 +879,16 @@ fn cut_windows(pipeline: &Pipeline, cuts: &[f64], counts: &[usize]) -> Vec<Range
     merged
 }
 
-/// Returns whether every cut lies inside a window and off its two end bins,
-/// so that the search around it saw events on both sides.
-fn cuts_inside(pipeline: &Pipeline, cuts: &[f64], windows: &[Range<usize>]) -> bool {
-    let (lo, hi) = pipeline.model.ranges[0];
-    let bins = REFINE_BINS;
+/// Returns whether every cut lies inside a window of `bins` equal bins of
+/// `lo..hi` and off the window's two end bins, so that the search around
+/// it saw events on both sides. The first and last bin of the range count
+/// as inside.
+fn cuts_inside(
+    (lo, hi): (f64, f64),
+    cuts: &[f64],
+    windows: &[Range<usize>],
+    bins: usize,
+) -> bool {
     cuts.iter().all(|&cut| {
         let bin = crate::select::bin_of(cut, lo, hi, bins);
         windows.iter().any(|w| {
@@ -1425,5 +1435,46 @@ mod tests {
         assert_eq!(chunk_for_memory(1_000_000, 5, 1, 1024.0), Some(419_430));
         // Never fewer than 10 000 events per chunk.
         assert_eq!(chunk_for_memory(1_000_000, 5, 1, 1.0), Some(10_000));
+    }
+
+    #[test]
+    fn windows_span_half_width_when_sparse() {
+        // One event per bin: each window reaches MAX_WINDOW_BINS = 500 bins
+        // on either side of its cut's bin (2500 and 7500).
+        let counts = vec![1; 10_000];
+        let windows = cut_windows((0.0, 1.0), &[0.25005, 0.75005], &counts, 250_000);
+        assert_eq!(windows, vec![2000..3001, 7000..8001]);
+    }
+
+    #[test]
+    fn windows_share_events_when_dense() {
+        // 100 events per bin and 10 000 events for two cuts: 5000 each. The
+        // cut's bin holds 100 and each step adds 200, so 24 steps (4900).
+        let counts = vec![100; 10_000];
+        let windows = cut_windows((0.0, 1.0), &[0.25005, 0.75005], &counts, 10_000);
+        assert_eq!(windows, vec![2476..2525, 7476..7525]);
+    }
+
+    #[test]
+    fn windows_merge_and_stop_at_range_edge() {
+        let counts = vec![1; 10_000];
+        // Cuts in bins 2500 and 2505: 2000..3001 and 2005..3006 overlap.
+        let merged = cut_windows((0.0, 1.0), &[0.25005, 0.25055], &counts, 250_000);
+        assert_eq!(merged, vec![2000..3006]);
+        // A cut in bin 1 cannot grow to the left of bin 0.
+        let edge = cut_windows((0.0, 1.0), &[0.00015], &counts, 250_000);
+        assert_eq!(edge, vec![0..502]);
+    }
+
+    #[test]
+    fn cuts_inside_needs_both_neighbours() {
+        let windows = [2000..3001];
+        let inside = |cut: f64| cuts_inside((0.0, 1.0), &[cut], &windows, 10_000);
+        assert!(inside(0.25005), "bin 2500, in the middle");
+        assert!(!inside(0.20005), "bin 2000, the first bin of the window");
+        assert!(!inside(0.30005), "bin 3000, the last bin of the window");
+        assert!(!inside(0.30015), "bin 3001, outside the window");
+        // The first bin of the whole range has nothing on its left to see.
+        assert!(cuts_inside((0.0, 1.0), &[0.00005], &[0..502], 10_000));
     }
 }
