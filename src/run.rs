@@ -4,7 +4,6 @@
 //! `summary.json`, and per run (`<model>_k<K>/`) `history.json` and one
 //! Parquet file per input with the `category` column.
 
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -711,9 +710,6 @@ fn train_restarts<B: burn::tensor::backend::AutodiffBackend>(
 /// disk when the model's starting point is drawn.
 const SIGNAL_POINT_BINS: usize = 20_000;
 
-/// Bins that stand in for the events on disk in the refinement of 1D cuts.
-const REFINE_BINS: usize = 100_000;
-
 /// Fine 1D binned statistics of the first discriminant.
 fn binned_first(pipeline: &Pipeline, events: &EventSet, bins: usize) -> Result<Events> {
     let mut binner =
@@ -758,24 +754,11 @@ fn best_restart(restarts: &[RestartSummary]) -> usize {
     best
 }
 
-/// Largest number of events kept one by one around the cuts when events on
-/// disk are refined, over all cuts.
-const WINDOW_EVENTS: usize = 250_000;
-
-/// Largest half-width, in bins of [`REFINE_BINS`], of the window around a cut.
-const MAX_WINDOW_BINS: usize = 500;
-
-/// Rounds of exact refinement in windows around the cuts, for events on disk.
-const WINDOW_ROUNDS: usize = 4;
-
 /// Refines 1D sigmoid cuts on the exact hard significance if
 /// `training.refine` is set, and returns whether the cuts were refined.
 ///
-/// Events on disk are first refined on the filled cells of [`REFINE_BINS`]
-/// bins. Then the events in a window of bins around each cut are read one
-/// by one and the rest stay in cells, so a cut inside its window moves
-/// between events as in memory. When a cut ends at the edge of its window,
-/// the windows move and the refinement repeats.
+/// Events on disk are refined in bounded memory by
+/// [`crate::optimize::disk_refine::refine`].
 fn refine(
     pipeline: &Pipeline,
     events: &EventSet,
@@ -799,159 +782,14 @@ fn refine(
             sorted.refine(&mut cuts, low, high);
         }
         None if events.dims() == 1 => {
-            let binned = binned_first(pipeline, events, REFINE_BINS)?;
-            let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, &binned) else {
+            if !crate::optimize::disk_refine::refine(pipeline, events, &mut cuts, low, high)? {
                 return Ok(false);
-            };
-            sorted.refine(&mut cuts, low, high);
-            let counts = bin_counts(pipeline, &binned, REFINE_BINS);
-            drop((sorted, binned));
-            for round in 0..WINDOW_ROUNDS {
-                let windows = cut_windows(pipeline.model.ranges[0], &cuts, &counts, WINDOW_EVENTS);
-                let mixed = events_in_windows(pipeline, events, &windows)?;
-                let Some(sorted) = crate::optimize::SortedEvents::new(pipeline, &mixed) else {
-                    return Ok(false);
-                };
-                sorted.refine(&mut cuts, low, high);
-                let inside = cuts_inside(pipeline.model.ranges[0], &cuts, &windows, REFINE_BINS);
-                tracing::debug!(round, inside, windows = windows.len(), "refined in windows");
-                if inside {
-                    break;
-                }
             }
         }
         None => return Ok(false),
     }
     outcome.params.values[0] = cuts_model.raw_from_boundaries(&cuts);
     Ok(true)
-}
-
-/// Number of events in each of `bins` bins of the first discriminant.
-fn bin_counts(pipeline: &Pipeline, binned: &Events, bins: usize) -> Vec<usize> {
-    let (lo, hi) = pipeline.model.ranges[0];
-    let mut counts = vec![0usize; bins];
-    let n = binned.count.as_ref();
-    for (i, &x) in binned.discriminants[0].iter().enumerate() {
-        counts[crate::select::bin_of(x, lo, hi, bins)] += n.map_or(1, |n| n[i] as usize);
-    }
-    counts
-}
-
-/// Bin ranges around each cut, merged where they overlap, for `counts`
-/// events in equal bins of `lo..hi`. Each spans up to [`MAX_WINDOW_BINS`]
-/// bins on either side of its cut, fewer where the windows would contain
-/// more than `max_events` events together.
-fn cut_windows(
-    (lo, hi): (f64, f64),
-    cuts: &[f64],
-    counts: &[usize],
-    max_events: usize,
-) -> Vec<Range<usize>> {
-    let bins = counts.len();
-    let share = max_events / cuts.len().max(1);
-    let mut windows: Vec<Range<usize>> = cuts
-        .iter()
-        .map(|&cut| {
-            let center = crate::select::bin_of(cut, lo, hi, bins);
-            let (mut start, mut end) = (center, center + 1);
-            let mut held = counts[center];
-            for _ in 0..MAX_WINDOW_BINS {
-                let left = if start > 0 { counts[start - 1] } else { 0 };
-                let right = if end < bins { counts[end] } else { 0 };
-                if held + left + right > share || (start == 0 && end == bins) {
-                    break;
-                }
-                held += left + right;
-                start = start.saturating_sub(1);
-                end = (end + 1).min(bins);
-            }
-            start..end
-        })
-        .collect();
-    windows.sort_by_key(|w| w.start);
-    let mut merged: Vec<Range<usize>> = Vec::new();
-    for w in windows {
-        match merged.last_mut() {
-            Some(last) if w.start <= last.end => last.end = last.end.max(w.end),
-            _ => merged.push(w),
-        }
-    }
-    merged
-}
-
-/// Returns whether every cut lies inside a window of `bins` equal bins of
-/// `lo..hi` and off the window's two end bins, so that the search around
-/// it saw events on both sides. The first and last bin of the range count
-/// as inside.
-fn cuts_inside(
-    (lo, hi): (f64, f64),
-    cuts: &[f64],
-    windows: &[Range<usize>],
-    bins: usize,
-) -> bool {
-    cuts.iter().all(|&cut| {
-        let bin = crate::select::bin_of(cut, lo, hi, bins);
-        windows.iter().any(|w| {
-            let first_ok = w.start == 0 || bin > w.start;
-            let last_ok = w.end == bins || bin + 1 < w.end;
-            w.contains(&bin) && first_ok && last_ok
-        })
-    })
-}
-
-/// Returns the events with their first discriminant in one of the bin
-/// ranges `windows` one by one, and every other event in the filled cells
-/// of [`REFINE_BINS`] bins, sorted by process.
-fn events_in_windows(
-    pipeline: &Pipeline,
-    events: &EventSet,
-    windows: &[Range<usize>],
-) -> Result<Events> {
-    let (lo, hi) = pipeline.model.ranges[0];
-    let processes = pipeline.processes.len();
-    let mut binner = Binner::new(&pipeline.model.ranges[..1], REFINE_BINS, processes);
-    let mut exact: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); processes];
-    events.for_each_chunk(|chunk| {
-        let mut outside = Events {
-            discriminants: vec![Vec::new()],
-            process_ranges: Vec::with_capacity(processes),
-            ..Events::default()
-        };
-        for (p, range) in chunk.process_ranges.iter().enumerate() {
-            let start = outside.weight.len();
-            for i in range.clone() {
-                let x = chunk.discriminants[0][i];
-                let bin = crate::select::bin_of(x, lo, hi, REFINE_BINS);
-                if windows.iter().any(|w| w.contains(&bin)) {
-                    exact[p].0.push(x);
-                    exact[p].1.push(chunk.weight[i]);
-                } else {
-                    outside.discriminants[0].push(x);
-                    outside.weight.push(chunk.weight[i]);
-                    outside.process.push(p as u32);
-                }
-            }
-            outside.process_ranges.push(start..outside.weight.len());
-        }
-        binner.add(&outside);
-        Ok(())
-    })?;
-    let cells = binner.finish();
-    let mut mixed = Events {
-        discriminants: vec![Vec::new()],
-        process_ranges: Vec::with_capacity(processes),
-        ..Events::default()
-    };
-    for (p, (x, w)) in exact.into_iter().enumerate() {
-        let start = mixed.weight.len();
-        let range = cells.process_ranges[p].clone();
-        mixed.discriminants[0].extend_from_slice(&cells.discriminants[0][range.clone()]);
-        mixed.weight.extend_from_slice(&cells.weight[range]);
-        mixed.discriminants[0].extend(x);
-        mixed.weight.extend(w);
-        mixed.process_ranges.push(start..mixed.weight.len());
-    }
-    Ok(mixed)
 }
 
 /// Evaluates the kept parameters exactly, with the baselines.
@@ -1435,46 +1273,5 @@ mod tests {
         assert_eq!(chunk_for_memory(1_000_000, 5, 1, 1024.0), Some(419_430));
         // Never fewer than 10 000 events per chunk.
         assert_eq!(chunk_for_memory(1_000_000, 5, 1, 1.0), Some(10_000));
-    }
-
-    #[test]
-    fn windows_span_half_width_when_sparse() {
-        // One event per bin: each window reaches MAX_WINDOW_BINS = 500 bins
-        // on either side of its cut's bin (2500 and 7500).
-        let counts = vec![1; 10_000];
-        let windows = cut_windows((0.0, 1.0), &[0.25005, 0.75005], &counts, 250_000);
-        assert_eq!(windows, vec![2000..3001, 7000..8001]);
-    }
-
-    #[test]
-    fn windows_share_events_when_dense() {
-        // 100 events per bin and 10 000 events for two cuts: 5000 each. The
-        // cut's bin holds 100 and each step adds 200, so 24 steps (4900).
-        let counts = vec![100; 10_000];
-        let windows = cut_windows((0.0, 1.0), &[0.25005, 0.75005], &counts, 10_000);
-        assert_eq!(windows, vec![2476..2525, 7476..7525]);
-    }
-
-    #[test]
-    fn windows_merge_and_stop_at_range_edge() {
-        let counts = vec![1; 10_000];
-        // Cuts in bins 2500 and 2505: 2000..3001 and 2005..3006 overlap.
-        let merged = cut_windows((0.0, 1.0), &[0.25005, 0.25055], &counts, 250_000);
-        assert_eq!(merged, vec![2000..3006]);
-        // A cut in bin 1 cannot grow to the left of bin 0.
-        let edge = cut_windows((0.0, 1.0), &[0.00015], &counts, 250_000);
-        assert_eq!(edge, vec![0..502]);
-    }
-
-    #[test]
-    fn cuts_inside_needs_both_neighbours() {
-        let windows = [2000..3001];
-        let inside = |cut: f64| cuts_inside((0.0, 1.0), &[cut], &windows, 10_000);
-        assert!(inside(0.25005), "bin 2500, in the middle");
-        assert!(!inside(0.20005), "bin 2000, the first bin of the window");
-        assert!(!inside(0.30005), "bin 3000, the last bin of the window");
-        assert!(!inside(0.30015), "bin 3001, outside the window");
-        // The first bin of the whole range has nothing on its left to see.
-        assert!(cuts_inside((0.0, 1.0), &[0.00005], &[0..502], 10_000));
     }
 }

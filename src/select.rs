@@ -97,6 +97,7 @@ pub fn bin_of(x: f64, lo: f64, hi: f64, bins: usize) -> usize {
 pub struct Binner {
     ranges: Vec<(f64, f64)>,
     bins: usize,
+    dims: usize,
     processes: usize,
     /// Process whose cells are being filled.
     current: Option<usize>,
@@ -111,11 +112,19 @@ pub struct Binner {
 impl Binner {
     /// Starts empty binned statistics with `bins` equal bins per range.
     pub fn new(ranges: &[(f64, f64)], bins: usize, processes: usize) -> Binner {
-        let dims = ranges.len();
-        let cells = bins.pow(dims as u32);
+        let mut binner = Binner::with_cells(ranges.len(), bins.pow(ranges.len() as u32), processes);
+        binner.ranges = ranges.to_vec();
+        binner.bins = bins;
+        binner
+    }
+
+    /// Starts empty statistics of `cells` cells for events with `dims`
+    /// discriminants, filled with [`Binner::add_by`].
+    pub fn with_cells(dims: usize, cells: usize, processes: usize) -> Binner {
         Binner {
-            ranges: ranges.to_vec(),
-            bins,
+            ranges: Vec::new(),
+            bins: 0,
+            dims,
             processes,
             current: None,
             sumw: vec![0.0; cells],
@@ -134,8 +143,23 @@ impl Binner {
 
     /// Adds a chunk of events; chunks must come in event order.
     pub fn add(&mut self, events: &Events) {
-        let dims = self.ranges.len();
+        let ranges = std::mem::take(&mut self.ranges);
         let bins = self.bins;
+        self.add_by(events, |i| {
+            let mut cell = 0;
+            for d in (0..ranges.len()).rev() {
+                let (lo, hi) = ranges[d];
+                cell = cell * bins + bin_of(events.discriminants[d][i], lo, hi, bins);
+            }
+            cell
+        });
+        self.ranges = ranges;
+    }
+
+    /// Adds a chunk of events, event `i` to cell `cell_of(i)`; chunks must
+    /// come in event order.
+    pub fn add_by(&mut self, events: &Events, cell_of: impl Fn(usize) -> usize) {
+        let dims = self.dims;
         for (p, range) in events.process_ranges.iter().enumerate() {
             if range.is_empty() {
                 continue;
@@ -145,11 +169,7 @@ impl Binner {
                 self.current = Some(p);
             }
             for i in range.clone() {
-                let mut cell = 0;
-                for d in (0..dims).rev() {
-                    let (lo, hi) = self.ranges[d];
-                    cell = cell * bins + bin_of(events.discriminants[d][i], lo, hi, bins);
-                }
+                let cell = cell_of(i);
                 let w = events.weight[i];
                 self.sumw[cell] += w;
                 self.sumw2[cell] += events.weight2.as_ref().map_or(w * w, |w2| w2[i]);
@@ -166,7 +186,7 @@ impl Binner {
         let Some(p) = self.current.take() else {
             return;
         };
-        let dims = self.ranges.len();
+        let dims = self.dims;
         let out = &mut self.out;
         let start = out.weight.len();
         while out.process_ranges.len() < p {

@@ -1,5 +1,6 @@
 //! Training: the optimiser and the loop that anneals and steps a model.
 
+pub mod disk_refine;
 mod optimizer;
 mod refine;
 mod train;

@@ -108,6 +108,47 @@ fn disk_refinement_equals_memory() {
     }
 }
 
+/// A 1D pipeline on the toy whose discriminant is `expression` of the
+/// toy's score.
+fn squeezed(storage: &str, expression: &str) -> String {
+    format!(
+        "name: d\nseed: 3\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 15000, \
+         background: 45000 }}\n{}selection:\n  sql: SELECT {expression} AS s, weight FROM \
+         events\n  discriminants: [s]\n  weight: weight\n  events: {storage}\n\
+         model:\n  kind: sigmoid\n  categories: [3]\nobjective:\n  penalties:\n    \
+         low_background: {{ threshold: 5, weight: 1 }}\ntraining:\n  epochs: 3\n\
+         output: out\n",
+        toy_1d_processes("toy")
+    )
+}
+
+#[test]
+fn dense_scores_refine_on_disk_as_in_memory() {
+    // Every score within 1e-5 (one of 100 000 bins of the range), and
+    // scores piled within 1e-7 of 0, 0.5 and 1: the training barely moves
+    // the cuts, so the refinement must find them among the events.
+    // Z after the refinement against Z of the trained cuts, at least.
+    let cases = [
+        ("0.3 + score * 0.00001", 1.2),
+        (
+            "CASE WHEN score < 0.3 THEN score * 0.0000001 WHEN score < 0.6 THEN 0.5 + score * \
+             0.0000001 ELSE 1 - score * 0.0000001 END",
+            1.0,
+        ),
+    ];
+    for (expression, gain) in cases {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let memory = run(&squeezed("memory", expression), a.path(), &[]);
+        let disk = run(&squeezed("disk", expression), b.path(), &[]);
+        let (m, d) = (&memory["runs"][0], &disk["runs"][0]);
+        assert_eq!(d["refined"], true);
+        assert_eq!(d["boundaries"], m["boundaries"], "{expression}");
+        assert_eq!(d["table"]["z"], m["table"]["z"], "{expression}");
+        // The refinement found better cuts than the training.
+        assert!(number(m, &["table", "z"]) > gain * number(m, &["trained_z"]), "{m}");
+    }
+}
+
 #[test]
 fn disk_run_equals_memory_run_three_class() {
     let processes = three_class_processes("toy");
