@@ -22,13 +22,16 @@ pub fn temp_file_for(path: &Path) -> Result<NamedTempFile> {
         use std::os::unix::fs::PermissionsExt;
         builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
-    builder
+    let temp = builder
         .tempfile_in(dir)
-        .map_err(|e| Error::output(dir, format!("cannot create a temporary file: {e}")))
+        .map_err(|e| Error::output(dir, format!("cannot create a temporary file: {e}")))?;
+    crate::interrupt::track(temp.path());
+    Ok(temp)
 }
 
 /// Renames a finished temporary file to `path`.
 pub fn persist(temp: NamedTempFile, path: &Path) -> Result<()> {
+    crate::interrupt::untrack(temp.path());
     temp.persist(path)
         .map(|_| ())
         .map_err(|e| Error::output(path, format!("cannot rename into place: {e}")))

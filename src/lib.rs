@@ -19,6 +19,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod evaluate;
+pub mod interrupt;
 pub mod model;
 pub mod objective;
 pub mod optimize;

@@ -1,6 +1,6 @@
 //! The `gato` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,7 +13,8 @@ use gato::toy::ToySpec;
 #[derive(Parser)]
 #[command(name = "gato", version, about, long_about = None)]
 struct Cli {
-    /// Print only errors and warnings, and no progress bars.
+    /// Print no progress bars and no log lines below warnings. Results
+    /// (the tables, the written files) still go to standard output.
     #[arg(short, long, global = true)]
     quiet: bool,
     /// More log output: -v for debug, -vv for trace. RUST_LOG overrides it.
@@ -132,6 +133,8 @@ enum ToyKind {
 }
 
 fn main() -> ExitCode {
+    // Before any other thread starts, so that they all leave the signals to it.
+    gato::interrupt::install();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
     match run(cli) {
@@ -149,6 +152,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { pipeline, out, overwrite, device, memory_limit } => {
+            // `--out` takes the same forms as the pipeline's `output`.
+            let out = match out {
+                Some(path) => Some(
+                    gato::remote::local_path(&path.to_string_lossy())
+                        .map_err(|m| anyhow::anyhow!("--out {m}"))?,
+                ),
+                None => None,
+            };
             if let Some(limit) = memory_limit
                 && !(limit.is_finite() && limit > 0.0)
             {
@@ -174,6 +185,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Apply { model, out, overwrite, inputs } => {
+            let named = [("--model", &model), ("--out", &out)]
+                .into_iter()
+                .chain(inputs.iter().map(|i| ("input", i)));
+            for (what, path) in named {
+                local_only("gato apply", what, path)?;
+            }
             let saved = gato::model::SavedModel::load(&model)?;
             let mut names: Vec<_> = inputs.iter().filter_map(|i| i.file_name()).collect();
             names.sort();
@@ -232,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Generate { kind, out, seed, signal, background, overwrite } => {
+            local_only("gato generate", "--out", &out)?;
             if out.exists() && !overwrite {
                 anyhow::bail!(
                     "{} already exists; pass --overwrite to replace it or choose another --out",
@@ -285,6 +303,19 @@ fn apply_all(
             "{} -> {} ({rows} rows, {missing} without a category)",
             input.display(),
             output.display()
+        );
+    }
+    Ok(())
+}
+
+/// Rejects a URL where `command` reads or writes local files only.
+fn local_only(command: &str, what: &str, path: &Path) -> anyhow::Result<()> {
+    let text = path.to_string_lossy();
+    if let Some((scheme, _)) = text.split_once("://") {
+        anyhow::bail!(
+            "{what} {text}: {command} reads and writes local files only, not {scheme}:// \
+             URLs; copy the files to or from the object store with its own tools (for \
+             example `aws s3 cp`), or use `gato run`, which reads and writes s3:// and gs://"
         );
     }
     Ok(())

@@ -31,9 +31,23 @@ pub fn is_remote(text: &str) -> bool {
     text.starts_with("s3://") || text.starts_with("gs://")
 }
 
-/// Returns the local path of a `file://` URL, or `text` itself as a path.
+/// Returns the local path of a `file://` URL, or `text` itself as a path
+/// (an `s3://` or `gs://` URL too). Other URL schemes are rejected.
 pub fn local_path(text: &str) -> std::result::Result<PathBuf, String> {
+    if is_remote(text) {
+        return Ok(PathBuf::from(text));
+    }
     if !text.starts_with("file://") {
+        if let Some((scheme, _)) = text.split_once("://") {
+            let valid = !scheme.is_empty()
+                && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+            if valid {
+                return Err(format!(
+                    "{text}: unsupported URL scheme `{scheme}://`; gato reads s3://, gs:// and \
+                     file:// URLs (in lower case) and local paths"
+                ));
+            }
+        }
         return Ok(PathBuf::from(text));
     }
     let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text}: {e}"))?;
@@ -46,23 +60,85 @@ pub fn local_path(text: &str) -> std::result::Result<PathBuf, String> {
 /// object path.
 fn open(text: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
     let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text}: {e}"))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{text}: the bucket name is missing; write {}://BUCKET/PATH",
+            url.scheme()
+        ));
+    }
     let store: Arc<dyn ObjectStore> = match url.scheme() {
-        "s3" => Arc::new(
+        "s3" => Arc::new(check_endpoint().and_then(|()| {
             object_store::aws::AmazonS3Builder::from_env()
                 .with_url(text)
                 .build()
-                .map_err(|e| format!("{text}: {e}"))?,
-        ),
+                .map_err(|e| format!("{text}: {}", describe(&e)))
+        })?),
         "gs" => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
                 .with_url(text)
                 .build()
-                .map_err(|e| format!("{text}: {e}"))?,
+                .map_err(|e| format!("{text}: {}", describe(&e)))?,
         ),
         other => return Err(format!("{text}: unsupported scheme {other}://")),
     };
     let path = ObjectPath::from_url_path(url.path()).map_err(|e| format!("{text}: {e}"))?;
     Ok((store, path))
+}
+
+/// Variables from which the S3 client takes its endpoint.
+const ENDPOINT_VARIABLES: [&str; 2] = ["AWS_ENDPOINT", "AWS_ENDPOINT_URL"];
+
+/// Checks that the S3 endpoint, where one is set, is an http or https URL:
+/// the S3 client panics on other values when it signs a request.
+fn check_endpoint() -> std::result::Result<(), String> {
+    for name in ENDPOINT_VARIABLES {
+        let Ok(value) = std::env::var(name) else {
+            continue;
+        };
+        let valid = url::Url::parse(&value)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !valid {
+            return Err(format!(
+                "{name}={value} is not a valid endpoint; write http://HOST:PORT or https://HOST"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Returns the message of an object store error: the code and message of
+/// an S3 or GCS error reply instead of its whole XML body, followed by what
+/// to do where the cause is a usual one.
+fn describe(error: &object_store::Error) -> String {
+    fn tag<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+        let open = format!("<{name}>");
+        let start = text.find(&open)? + open.len();
+        let end = text[start..].find(&format!("</{name}>"))? + start;
+        Some(&text[start..end])
+    }
+    let text = error.to_string();
+    let mut message = match (tag(&text, "Code"), tag(&text, "Message")) {
+        (Some(code), Some(detail)) => format!("{code}: {detail}"),
+        (Some(code), None) => code.to_string(),
+        _ => text.clone(),
+    };
+    if text.contains("169.254.169.254") || text.contains("metadata.google.internal") {
+        message.push_str(
+            "; no credentials were found, so the client asked the cloud metadata service: \
+             set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://, or \
+             GOOGLE_APPLICATION_CREDENTIALS for gs://",
+        );
+    } else if text.contains("NoSuchBucket") {
+        message.push_str("; check the bucket name, or create the bucket first");
+    } else if text.contains("builder error")
+        && std::env::var("AWS_ALLOW_HTTP").is_err()
+        && ENDPOINT_VARIABLES
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|e| e.starts_with("http://")))
+    {
+        message.push_str("; the endpoint is plain http: set AWS_ALLOW_HTTP=true to allow it");
+    }
+    message
 }
 
 /// Returns the URL of `path` in the bucket of `base`.
@@ -102,7 +178,7 @@ pub fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
             Err(object_store::Error::NotFound { .. }) => Err(format!(
                 "input {pattern} not found; check the bucket and the key"
             )),
-            Err(e) => Err(format!("cannot read {pattern}: {e}")),
+            Err(e) => Err(format!("cannot read {pattern}: {}", describe(&e))),
         };
     };
     let matcher = glob::Pattern::new(&key)
@@ -116,7 +192,7 @@ pub fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
         }
         Ok::<_, object_store::Error>(keys)
     })?
-    .map_err(|e| format!("cannot list {pattern}: {e}"))?;
+    .map_err(|e| format!("cannot list {pattern}: {}", describe(&e)))?;
     let mut urls: Vec<String> = listed
         .iter()
         .filter(|p| matcher.matches(p.as_ref()))
@@ -140,11 +216,11 @@ pub fn download(url: &str, dest: &Path) -> Result<u64> {
         let mut stream = store
             .get(&path)
             .await
-            .map_err(|e| format!("cannot read: {e}"))?
+            .map_err(|e| format!("cannot read: {}", describe(&e)))?
             .into_stream();
         let mut bytes = 0u64;
         while let Some(piece) = stream.next().await {
-            let piece = piece.map_err(|e| format!("reading stopped: {e}"))?;
+            let piece = piece.map_err(|e| format!("reading stopped: {}", describe(&e)))?;
             file.write_all(&piece)
                 .map_err(|e| format!("cannot write {}: {e}", dest_owned.display()))?;
             bytes += piece.len() as u64;
@@ -163,8 +239,23 @@ pub fn exists(url: &str) -> Result<bool> {
     match found {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(Error::output(Path::new(url), format!("cannot read: {e}"))),
+        Err(e) => Err(Error::output(Path::new(url), format!("cannot read: {}", describe(&e)))),
     }
+}
+
+/// Checks that objects can be written under the prefix `url` by writing
+/// and deleting a small object, so that a missing bucket, missing
+/// credentials or a read-only store stop a run before it starts.
+pub fn check_writable(url: &str) -> Result<()> {
+    let fail = |m: String| Error::output(Path::new(url), m);
+    let (store, prefix) = open(url).map_err(fail)?;
+    let path = prefix.join(".gato-write-check");
+    let written = block_on(async move {
+        store.put(&path, object_store::PutPayload::from_static(b"gato")).await?;
+        store.delete(&path).await
+    })
+    .map_err(fail)?;
+    written.map_err(|e| fail(format!("cannot write there: {}", describe(&e))))
 }
 
 /// Uploads every file under `dir` to the prefix `url`, keeping the
@@ -209,7 +300,7 @@ fn upload(file: &Path, url: &str) -> Result<()> {
         let upload = store
             .put_multipart(&path)
             .await
-            .map_err(|e| format!("cannot start the upload: {e}"))?;
+            .map_err(|e| format!("cannot start the upload: {}", describe(&e)))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut buffer = vec![0u8; PART_BYTES];
         loop {
@@ -223,10 +314,10 @@ fn upload(file: &Path, url: &str) -> Result<()> {
             writer
                 .wait_for_capacity(2)
                 .await
-                .map_err(|e| format!("upload failed: {e}"))?;
+                .map_err(|e| format!("upload failed: {}", describe(&e)))?;
             writer.write(&buffer[..n]);
         }
-        writer.finish().await.map_err(|e| format!("upload failed: {e}"))?;
+        writer.finish().await.map_err(|e| format!("upload failed: {}", describe(&e)))?;
         Ok::<(), String>(())
     });
     done.and_then(|r| r).map_err(fail)

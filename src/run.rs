@@ -192,6 +192,7 @@ async fn run_to_object_store(
     options: &RunOptions,
     url: &str,
 ) -> Result<Summary> {
+    crate::remote::check_writable(url)?;
     let url = url.trim_end_matches('/');
     let summary_url = format!("{url}/summary.json");
     if !options.overwrite && crate::remote::exists(&summary_url)? {
@@ -207,6 +208,7 @@ async fn run_to_object_store(
             format!("cannot create a temporary directory for the outputs: {e}; set TMPDIR"),
         )
     })?;
+    let tracked = crate::interrupt::Tracked::new(local.path());
     let dir = local.path().join("out");
     let local_options = RunOptions { output: Some(dir.clone()), ..options.clone() };
     Box::pin(run_pipeline(pipeline, &local_options)).await?;
@@ -218,7 +220,19 @@ async fn run_to_object_store(
         .map_err(|e| Error::Internal(e.to_string()))?;
     let text = text.replace(local_prefix.trim_matches('"'), url);
     crate::atomic::write(&summary_path, text.as_bytes())?;
-    crate::remote::upload_dir(&dir, url, "summary.json")?;
+    if let Err(error) = crate::remote::upload_dir(&dir, url, "summary.json") {
+        // The run is complete: keep its outputs for a later upload.
+        drop(tracked);
+        let kept = local.keep().join("out");
+        return Err(Error::output(
+            Path::new(url),
+            format!(
+                "{error}; the outputs of the run are kept in {}, copy them there when \
+                 the store can be written",
+                kept.display()
+            ),
+        ));
+    }
     tracing::info!(output = url, "uploaded the outputs");
     Summary::read(&summary_path)
 }
@@ -339,6 +353,9 @@ fn optimise_and_write(
     }
     std::fs::create_dir_all(&staging)
         .map_err(|e| Error::output(&staging, format!("cannot create directory: {e}")))?;
+    // Until the runs are published, an interruption removes the staging
+    // directory.
+    let staging_guard = crate::interrupt::Tracked::new(&staging);
     histograms.write(&staging.join("histograms.json"))?;
     // Binned statistics: epochs sum over filled cells instead of events.
     let binned = match pipeline.training.statistics_bins {
@@ -371,11 +388,18 @@ fn optimise_and_write(
             _ => chunk_for_memory(train_events.len(), largest_k, events.dims(), limit),
         };
         if let Some(chunk) = tuned.training.chunk_events {
-            tracing::info!(
-                chunk,
-                limit_mib = limit,
-                "the gradient graph would exceed the memory budget; computing it in two passes over chunks"
-            );
+            if matches!(train_events, EventSet::Disk(_)) {
+                tracing::info!(
+                    chunk,
+                    "the events are on disk; computing the gradient in two passes over chunks"
+                );
+            } else {
+                tracing::info!(
+                    chunk,
+                    limit_mib = limit,
+                    "the gradient graph would exceed the memory budget; computing it in two passes over chunks"
+                );
+            }
         }
     }
     let pipeline = &tuned;
@@ -547,6 +571,7 @@ fn optimise_and_write(
         timings_s: timings,
         peak_rss_mib: crate::report::peak_rss_mib(),
     };
+    drop(staging_guard);
     publish(&output, &staging, &summary, options.overwrite)?;
     let path = output.join("summary.json");
     tracing::info!(summary = %path.display(), "run finished");

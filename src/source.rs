@@ -49,7 +49,7 @@ pub struct Sources {
     inputs: Vec<LoadedInput>,
     process_names: Vec<String>,
     /// Local copies of the inputs on object stores, deleted on drop.
-    _staged: Option<Arc<tempfile::TempDir>>,
+    _staged: Option<Arc<(tempfile::TempDir, crate::interrupt::Tracked)>>,
     /// Rows whose process-column value matches no process, per input and
     /// value, counted while `events` is scanned.
     unmatched: Arc<Mutex<BTreeMap<(usize, String), usize>>>,
@@ -70,27 +70,28 @@ impl Sources {
     /// Opens every input once to read its schema, and draws toy samples.
     pub fn open(pipeline: &Pipeline) -> Result<Sources> {
         let mut inputs = Vec::new();
-        let mut staged: Option<tempfile::TempDir> = None;
+        let mut staged: Option<(tempfile::TempDir, crate::interrupt::Tracked)> = None;
         for (index, input) in pipeline.inputs.iter().enumerate() {
             let local = match &input.kind {
                 InputKind::File(path) => Some(path.clone()),
                 InputKind::Object(url) => {
                     if staged.is_none() {
-                        staged = Some(
-                            tempfile::Builder::new().prefix("gato-inputs-").tempdir().map_err(
-                                |e| {
-                                    Error::input(
-                                        url,
-                                        format!(
-                                            "cannot create a temporary directory for the \
-                                             copies of the inputs: {e}; set TMPDIR"
-                                        ),
-                                    )
-                                },
-                            )?,
-                        );
+                        let dir = tempfile::Builder::new()
+                            .prefix("gato-inputs-")
+                            .tempdir()
+                            .map_err(|e| {
+                                Error::input(
+                                    url,
+                                    format!(
+                                        "cannot create a temporary directory for the \
+                                         copies of the inputs: {e}; set TMPDIR"
+                                    ),
+                                )
+                            })?;
+                        let tracked = crate::interrupt::Tracked::new(dir.path());
+                        staged = Some((dir, tracked));
                     }
-                    let dir = staged.as_ref().map(|d| d.path()).unwrap_or(Path::new("."));
+                    let dir = staged.as_ref().map(|d| d.0.path()).unwrap_or(Path::new("."));
                     let copy = dir.join(format!("input{index}.parquet"));
                     let bytes = crate::remote::download(url, &copy)?;
                     tracing::info!(input = %url, bytes, "copied the input from the object store");

@@ -194,6 +194,7 @@ struct Segment {
 #[derive(Debug)]
 pub struct DiskEvents {
     _dir: tempfile::TempDir,
+    _tracked: crate::interrupt::Tracked,
     path: PathBuf,
     dims: usize,
     has_mass: bool,
@@ -351,6 +352,7 @@ fn row_bytes(dims: usize, has_mass: bool) -> usize {
 /// Writes chunks of events to a temporary file.
 pub struct DiskWriter {
     dir: tempfile::TempDir,
+    tracked: crate::interrupt::Tracked,
     path: PathBuf,
     file: BufWriter<File>,
     dims: usize,
@@ -381,6 +383,7 @@ impl DiskWriter {
         let file = File::create(&path)
             .map_err(|e| Error::output(&path, format!("cannot create: {e}")))?;
         Ok(DiskWriter {
+            tracked: crate::interrupt::Tracked::new(dir.path()),
             dir,
             path,
             file: BufWriter::with_capacity(1 << 20, file),
@@ -455,6 +458,7 @@ impl DiskWriter {
             .collect();
         Ok(DiskEvents {
             _dir: self.dir,
+            _tracked: self.tracked,
             path: self.path,
             dims: self.dims,
             has_mass: self.has_mass,

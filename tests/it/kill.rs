@@ -110,3 +110,48 @@ fn kill_during_run_keeps_last_outputs() {
     assert!(!dir.path().join("out/.gato-staging").exists());
     assert_outputs_whole(dir.path(), 80_000);
 }
+
+#[test]
+fn interrupt_removes_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let text = format!(
+        "name: interrupt\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 20000, \
+         background: 60000 }}\n{}selection:\n  sql: SELECT score, weight FROM events\n  \
+         discriminants: [score]\n  events: disk\nmodel:\n  kind: sigmoid\n  \
+         categories: [3]\ntraining:\n  epochs: 100000\noutput: out\n",
+        toy_1d_processes("toy")
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
+    let child = Command::new(gato_bin())
+        .args(["-q", "run", "pipeline.yaml"])
+        .env("TMPDIR", &tmp)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the staging directory: by then the events are on disk.
+    let staging = dir.path().join("out/.gato-staging");
+    let started = std::time::Instant::now();
+    while !staging.exists() {
+        assert!(started.elapsed() < Duration::from_secs(120), "the run never started training");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let names = |d: &Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(names(&tmp).iter().any(|n| n.starts_with("gato-events-")), "{:?}", names(&tmp));
+    // SAFETY: sends SIGINT to the child started above.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted: removed"), "{stderr}");
+    assert_eq!(names(&tmp), Vec::<String>::new());
+    assert!(!staging.exists());
+}

@@ -234,3 +234,70 @@ fn missing_objects_are_named() {
         assert!(stderr.contains(expected), "{stderr}");
     }
 }
+
+#[test]
+fn missing_bucket_stops_before_training() {
+    let Some(moto) = start_moto() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.parquet");
+    write_parquet(&input, &["signal", "bkg1", "bkg1"], &[0.9, 0.1, 0.2], &[1.0; 3]);
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        pipeline(&input.display().to_string(), "s3://no-such-bucket/run"),
+    )
+    .unwrap();
+    let out = gato(dir.path(), moto.port, &["run", "p.yaml"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("s3://no-such-bucket/run"), "{stderr}");
+    assert!(stderr.contains("NoSuchBucket"), "{stderr}");
+    assert!(stderr.contains("create the bucket"), "{stderr}");
+    assert!(!stderr.contains("<Code>"), "{stderr}");
+    // The check comes before the selection and the training.
+    assert!(!stderr.contains("selected"), "{stderr}");
+}
+
+#[test]
+fn bad_urls_and_endpoints_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |files: &str, output: &str, endpoint: &str| {
+        std::fs::write(dir.path().join("p.yaml"), pipeline(files, output)).unwrap();
+        let out = Command::new(gato_bin())
+            .args(["-q", "run", "p.yaml"])
+            .env("AWS_ENDPOINT", endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let http = "http://127.0.0.1:9";
+    let stderr = run("s3://bucket/a.parquet", "out", "127.0.0.1:9");
+    assert!(stderr.contains("AWS_ENDPOINT=127.0.0.1:9 is not a valid endpoint"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stderr = run("ftp://host/a.parquet", "out", http);
+    assert!(stderr.contains("unsupported URL scheme `ftp://`"), "{stderr}");
+    let stderr = run("S3://bucket/a.parquet", "out", http);
+    assert!(stderr.contains("unsupported URL scheme `S3://`"), "{stderr}");
+    let stderr = run("s3:///a.parquet", "out", http);
+    assert!(stderr.contains("the bucket name is missing"), "{stderr}");
+    let input = dir.path().join("in.parquet");
+    write_parquet(&input, &["signal", "bkg1"], &[0.9, 0.1], &[1.0; 2]);
+    let stderr = run(&input.display().to_string(), "az://container/out", http);
+    assert!(stderr.contains("unsupported URL scheme `az://`"), "{stderr}");
+
+    // apply and generate work on local files and say so.
+    for args in [
+        vec!["apply", "--model", "m.json", "--out", "s3://bucket/applied", "in.parquet"],
+        vec!["apply", "--model", "s3://bucket/m.json", "--out", "applied", "in.parquet"],
+        vec!["generate", "toy-1d", "--out", "s3://bucket/toy.parquet"],
+    ] {
+        let out = Command::new(gato_bin()).args(&args).current_dir(dir.path()).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("reads and writes local files only"), "{stderr}");
+    }
+    assert!(!dir.path().join("s3:").exists(), "a local folder named after the URL");
+}
