@@ -85,9 +85,40 @@ fn scan(sources: &Sources, index: usize, path: &Path) -> Result<pl::LazyFrame> {
             format!("Polars failed to scan it: {e}. Check that it is a readable Parquet file"),
         )
     };
+    // Polars panics on Float16 columns instead of returning an error.
+    if let Some(column) = half_float_column(&sources.raw_schema(index)) {
+        return Err(Error::input(
+            sources.input(index).label(),
+            format!(
+                "column `{column}` is Float16 (half precision), which Polars cannot read; \
+                 use `selection.engine: datafusion`, or write the column as Float32"
+            ),
+        ));
+    }
     let location = pl::PlRefPath::try_from_path(path).map_err(polars_error)?;
     let args = pl::ScanArgsParquet { glob: false, ..Default::default() };
     pl::LazyFrame::scan_parquet(location, args).map_err(polars_error)
+}
+
+/// Returns the name of the first column that is Float16 or contains
+/// Float16 values (in a list or struct).
+fn half_float_column(schema: &Schema) -> Option<String> {
+    use datafusion::arrow::datatypes::DataType;
+    fn has_half(data_type: &DataType) -> bool {
+        match data_type {
+            DataType::Float16 => true,
+            DataType::List(f)
+            | DataType::LargeList(f)
+            | DataType::FixedSizeList(f, _)
+            | DataType::ListView(f)
+            | DataType::LargeListView(f)
+            | DataType::Map(f, _) => has_half(f.data_type()),
+            DataType::Struct(fields) => fields.iter().any(|f| has_half(f.data_type())),
+            DataType::Dictionary(_, value) => has_half(value),
+            _ => false,
+        }
+    }
+    schema.fields().iter().find(|f| has_half(f.data_type())).map(|f| f.name().clone())
 }
 
 /// Scans one Parquet input as a stream and adds gato's columns.
@@ -569,6 +600,13 @@ fn carry_select(select: &mut ast::Select, carriers: &[String]) -> Result<()> {
         for factor in factors {
             match factor {
                 ast::TableFactor::Table { name, alias, .. } if is_carrier(name, carriers) => {
+                    // Polars finds tables by their exact name, and `events`
+                    // is registered in lower case.
+                    if let [ast::ObjectNamePart::Identifier(ident)] = name.0.as_mut_slice()
+                        && ident.value.eq_ignore_ascii_case("events")
+                    {
+                        *ident = ast::Ident::new("events");
+                    }
                     let own = name.0.last().and_then(|part| part.as_ident()).cloned();
                     found.push(alias.as_ref().map(|a| a.name.clone()).or(own));
                 }

@@ -302,3 +302,51 @@ fn run_with_polars_equals_run_with_datafusion() {
     assert!(datafusion_log.contains(&expected), "{expected}\n{datafusion_log}");
     assert!(polars_log.contains(&expected), "{expected}\n{polars_log}");
 }
+
+#[test]
+fn half_float_column_is_named() {
+    use gato::datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
+    use gato::datafusion::arrow::compute::cast;
+    use gato::datafusion::arrow::datatypes::DataType;
+    use gato::datafusion::arrow::record_batch::RecordBatch;
+    use gato::datafusion::parquet::arrow::ArrowWriter;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("half.parquet");
+    let score = Float64Array::from(vec![0.9, 0.2, 0.4, 0.7]);
+    let aux = cast(&score, &DataType::Float16).unwrap();
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("process", std::sync::Arc::new(StringArray::from(vec!["signal", "bkg1", "bkg2", "bkg1"]))),
+        ("score", std::sync::Arc::new(score)),
+        ("weight", std::sync::Arc::new(Float64Array::from(vec![1.0; 4]))),
+        ("aux", aux),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let file = path.display().to_string();
+    let p = pipeline(&parquet_pipeline(&[file.clone()], "SELECT score, weight AS w FROM events"));
+    let e = select_with(&p, SelectEngine::Polars, Keep::Memory).unwrap_err().to_string();
+    assert!(e.contains(&file), "{e}");
+    assert!(e.contains("column `aux` is Float16"), "{e}");
+    assert!(e.contains("selection.engine: datafusion"), "{e}");
+    // DataFusion reads the same file.
+    let events = select_with(&p, SelectEngine::DataFusion, Keep::Memory).unwrap();
+    assert_eq!(events.len(), 4);
+}
+
+#[test]
+fn table_name_in_any_case_agrees() {
+    let lower = pipeline(&toy_1d("SELECT score, weight AS w FROM events WHERE score > 0.5"));
+    let expected = select_with(&lower, SelectEngine::DataFusion, Keep::Memory).unwrap();
+    for table in ["EVENTS", "Events", "\\\"events\\\""] {
+        let sql = format!("SELECT score, weight AS w FROM {table} WHERE score > 0.5");
+        let p = pipeline(&toy_1d(&sql));
+        let polars = select_with(&p, SelectEngine::Polars, Keep::Memory)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_same(&expected, &polars);
+    }
+}
