@@ -133,7 +133,7 @@ enum ToyKind {
 }
 
 fn main() -> ExitCode {
-    // Before any other thread starts, so that they all leave the signals to it.
+    // First, so that every thread started later inherits the blocked signals.
     gato::interrupt::install();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);
@@ -188,8 +188,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let named = [("--model", &model), ("--out", &out)]
                 .into_iter()
                 .chain(inputs.iter().map(|i| ("input", i)));
-            for (what, path) in named {
-                local_only("gato apply", what, path)?;
+            for (option, path) in named {
+                local_only("gato apply", option, path)?;
             }
             let saved = gato::model::SavedModel::load(&model)?;
             let mut names: Vec<_> = inputs.iter().filter_map(|i| i.file_name()).collect();
@@ -309,11 +309,11 @@ fn apply_all(
 }
 
 /// Rejects a URL where `command` reads or writes local files only.
-fn local_only(command: &str, what: &str, path: &Path) -> anyhow::Result<()> {
+fn local_only(command: &str, option: &str, path: &Path) -> anyhow::Result<()> {
     let text = path.to_string_lossy();
     if let Some((scheme, _)) = text.split_once("://") {
         anyhow::bail!(
-            "{what} {text}: {command} reads and writes local files only, not {scheme}:// \
+            "{option} {text}: {command} reads and writes local files only, not {scheme}:// \
              URLs; copy the files to or from the object store with its own tools (for \
              example `aws s3 cp`), or use `gato run`, which reads and writes s3:// and gs://"
         );

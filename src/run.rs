@@ -223,13 +223,13 @@ async fn run_to_object_store(
     if let Err(error) = crate::remote::upload_dir(&dir, url, "summary.json") {
         // The run is complete: keep its outputs for a later upload.
         drop(tracked);
-        let kept = local.keep().join("out");
+        let outputs = local.keep().join("out");
         return Err(Error::output(
             Path::new(url),
             format!(
                 "{error}; the outputs of the run are kept in {}, copy them there when \
                  the store can be written",
-                kept.display()
+                outputs.display()
             ),
         ));
     }

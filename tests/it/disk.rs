@@ -108,8 +108,8 @@ fn disk_refinement_equals_memory() {
     }
 }
 
-/// A 1D pipeline on the toy whose discriminant is `expression` of the
-/// toy's score.
+/// Returns a 1D pipeline on the toy whose discriminant is `expression`
+/// of the toy's score.
 fn squeezed(storage: &str, expression: &str) -> String {
     format!(
         "name: d\nseed: 3\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 15000, \

@@ -124,6 +124,7 @@ fn interrupt_removes_temporary_files() {
         toy_1d_processes("toy")
     );
     std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
+
     let child = Command::new(gato_bin())
         .args(["-q", "run", "pipeline.yaml"])
         .env("TMPDIR", &tmp)
@@ -146,6 +147,7 @@ fn interrupt_removes_temporary_files() {
             .collect()
     };
     assert!(names(&tmp).iter().any(|n| n.starts_with("gato-events-")), "{:?}", names(&tmp));
+
     // SAFETY: sends SIGINT to the child started above.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
     let out = child.wait_with_output().unwrap();

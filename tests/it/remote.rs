@@ -288,7 +288,7 @@ fn bad_urls_and_endpoints_are_named() {
     let stderr = run(&input.display().to_string(), "az://container/out", http);
     assert!(stderr.contains("unsupported URL scheme `az://`"), "{stderr}");
 
-    // apply and generate work on local files and say so.
+    // apply and generate reject URLs with a message.
     for args in [
         vec!["apply", "--model", "m.json", "--out", "s3://bucket/applied", "in.parquet"],
         vec!["apply", "--model", "s3://bucket/m.json", "--out", "applied", "in.parquet"],
