@@ -336,6 +336,7 @@ fn optimise_and_write(
     for p in &processes {
         tracing::info!(process = %p.name, role = %p.role, events = p.events, event_yield = p.event_yield, "selected");
     }
+    log_peak("selection");
 
     std::fs::create_dir_all(&output).map_err(|e| {
         Error::output(&output, format!("cannot create the output directory: {e}"))
@@ -373,6 +374,7 @@ fn optimise_and_write(
                 bins,
                 "binned the events for training"
             );
+            log_peak("binning");
             Some(EventSet::Memory(binned))
         }
         None => None,
@@ -472,6 +474,7 @@ fn optimise_and_write(
         }?;
         let training_s = train_started.elapsed().as_secs_f64();
         timings.train += training_s;
+        log_peak("training");
         write_history(
             &run_dir.join("history.json"),
             &outcomes.iter().map(|o| o.history.clone()).collect::<Vec<_>>(),
@@ -482,6 +485,7 @@ fn optimise_and_write(
         let mut outcome = outcomes[best_restart].clone();
         let trained_z = outcome.history[outcome.kept_epoch].hard_z;
         let refined = refine(pipeline, &events, &model, &mut outcome)?;
+        log_peak("refinement");
         let mut run =
             evaluate_run(pipeline, &events, &model, &outcome, k, name, training_s)?;
         run.trained_z = trained_z;
@@ -534,6 +538,7 @@ fn optimise_and_write(
             })
             .collect();
         timings.apply += apply_started.elapsed().as_secs_f64();
+        log_peak("evaluation and apply");
         if options.print {
             println!("{}", format_run(&run, &processes));
         }
@@ -815,6 +820,13 @@ fn refine(
     }
     outcome.params.values[0] = cuts_model.raw_from_boundaries(&cuts);
     Ok(true)
+}
+
+/// Logs the peak resident memory so far, at debug level, after `stage`.
+fn log_peak(stage: &str) {
+    if let Some(peak_mib) = crate::report::peak_rss_mib() {
+        tracing::debug!(stage, peak_mib, "peak resident memory so far");
+    }
 }
 
 /// Evaluates the kept parameters exactly, with the baselines.

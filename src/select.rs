@@ -151,14 +151,14 @@ impl Binner {
                 let (lo, hi) = ranges[d];
                 cell = cell * bins + bin_of(events.discriminants[d][i], lo, hi, bins);
             }
-            cell
+            Some(cell)
         });
         self.ranges = ranges;
     }
 
-    /// Adds a chunk of events, event `i` to cell `cell_of(i)`; chunks must
-    /// come in event order.
-    pub fn add_by(&mut self, events: &Events, cell_of: impl Fn(usize) -> usize) {
+    /// Adds a chunk of events, event `i` to cell `cell_of(i)` or not at all
+    /// where that is `None`; chunks must come in event order.
+    pub fn add_by(&mut self, events: &Events, mut cell_of: impl FnMut(usize) -> Option<usize>) {
         let dims = self.dims;
         for (p, range) in events.process_ranges.iter().enumerate() {
             if range.is_empty() {
@@ -169,7 +169,9 @@ impl Binner {
                 self.current = Some(p);
             }
             for i in range.clone() {
-                let cell = cell_of(i);
+                let Some(cell) = cell_of(i) else {
+                    continue;
+                };
                 let w = events.weight[i];
                 self.sumw[cell] += w;
                 self.sumw2[cell] += events.weight2.as_ref().map_or(w * w, |w2| w2[i]);

@@ -156,31 +156,19 @@ fn cells_of(
     let mut counts = vec![0usize; bins.len()];
     let mut exact: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); processes];
     events.for_each_chunk(|chunk| {
-        let mut outside = Events {
-            discriminants: vec![Vec::new()],
-            process_ranges: Vec::with_capacity(processes),
-            ..Events::default()
-        };
-        let mut outside_bins = Vec::new();
-        for (p, range) in chunk.process_ranges.iter().enumerate() {
-            let start = outside.weight.len();
-            for i in range.clone() {
-                let x = chunk.discriminants[0][i];
-                let bin = bins.bin(x);
-                counts[bin] += 1;
-                if windows.iter().any(|w| w.contains(&bin)) {
-                    exact[p].0.push(x);
-                    exact[p].1.push(chunk.weight[i]);
-                } else {
-                    outside.discriminants[0].push(x);
-                    outside.weight.push(chunk.weight[i]);
-                    outside.process.push(p as u32);
-                    outside_bins.push(bin);
-                }
+        let x = &chunk.discriminants[0];
+        binner.add_by(chunk, |i| {
+            let bin = bins.bin(x[i]);
+            counts[bin] += 1;
+            if windows.iter().any(|w| w.contains(&bin)) {
+                let p = chunk.process[i] as usize;
+                exact[p].0.push(x[i]);
+                exact[p].1.push(chunk.weight[i]);
+                None
+            } else {
+                Some(bin)
             }
-            outside.process_ranges.push(start..outside.weight.len());
-        }
-        binner.add_by(&outside, |i| outside_bins[i]);
+        });
         Ok(())
     })?;
     let cells = binner.finish();
@@ -222,7 +210,7 @@ fn cut_windows(
             let (mut start, mut end) = (center, center + 1);
             let mut window_events = counts[center];
             // Empty bins do not count, so a cut in a gap between events
-            // sees the events on both sides of the gap.
+            // reaches the events on both sides of the gap.
             let mut steps = 0;
             while steps < MAX_WINDOW_BINS && !(start == 0 && end == n) {
                 let left = if start > 0 { counts[start - 1] } else { 0 };
