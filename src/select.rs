@@ -156,8 +156,8 @@ impl Binner {
         self.ranges = ranges;
     }
 
-    /// Adds a chunk of events, event `i` to cell `cell_of(i)` or not at all
-    /// where that is `None`; chunks must come in event order.
+    /// Adds a chunk of events: event `i` goes to cell `cell_of(i)`, or
+    /// nowhere when that is `None`. Chunks must come in event order.
     pub fn add_by(&mut self, events: &Events, mut cell_of: impl FnMut(usize) -> Option<usize>) {
         let dims = self.dims;
         for (p, range) in events.process_ranges.iter().enumerate() {

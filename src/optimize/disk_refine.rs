@@ -68,7 +68,7 @@ impl Bins {
     }
 
     /// Returns the bin of `x`. Values below the first edge, and NaN, go to
-    /// the first bin; values at or above the last edge go to the last.
+    /// the first bin, and values at or above the last edge to the last.
     pub fn bin(&self, x: f64) -> usize {
         let above = self.edges.partition_point(|&e| e <= x);
         above.saturating_sub(1).min(self.len() - 1)
