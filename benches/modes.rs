@@ -12,6 +12,7 @@
 //! ```text
 //! cargo bench --bench modes -- [--sizes 1000000,10000000,50000000] [--epochs 5]
 //!     [--modes resident,chunked,binned,disk,disk-binned,polars,polars-disk]
+//!     [--repeats 1]
 //! ```
 //!
 //! Each size N gets N/4 signal and 3N/4 background events, written once by
@@ -20,7 +21,12 @@
 //! other in-memory modes with 4096 MiB and the disk modes with 1024 MiB.
 //! For each size it also times DataFusion's own `COPY (SELECT * FROM t) TO
 //! 'out.parquet'` of the input and prints how fast the slowest apply stage
-//! is against it. Exits with status 1 when the modes disagree.
+//! is against it. With `--repeats R` every run and every COPY happens R
+//! times, one round after the other. The table then shows medians, and
+//! the `peak` column also shows the largest of the R peaks in brackets.
+//! With two or more sizes, the last lines give each mode's median peak at
+//! the largest size over that at the smallest. Exits with status 1 when
+//! the modes disagree.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,6 +35,7 @@ struct Args {
     sizes: Vec<usize>,
     epochs: usize,
     modes: Vec<String>,
+    repeats: usize,
 }
 
 fn parse_args() -> Args {
@@ -36,6 +43,7 @@ fn parse_args() -> Args {
         sizes: vec![1_000_000, 10_000_000, 50_000_000],
         epochs: 5,
         modes: MODES.iter().map(|m| m.name.to_string()).collect(),
+        repeats: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -56,6 +64,10 @@ fn parse_args() -> Args {
                         "--modes: unknown mode {m}"
                     );
                 }
+            }
+            "--repeats" => {
+                args.repeats = value().parse().expect("--repeats: an integer");
+                assert!(args.repeats > 0, "--repeats: at least 1");
             }
             // cargo bench passes --bench to every bench binary.
             "--bench" => {}
@@ -173,6 +185,58 @@ fn number(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// Returns the median of `values`: the mean of the two middle ones for an
+/// even count.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 { sorted[n / 2] } else { 0.5 * (sorted[n / 2 - 1] + sorted[n / 2]) }
+}
+
+/// Measurements of one `gato run`.
+struct Measured {
+    select_s: f64,
+    epoch_s: f64,
+    apply_s: f64,
+    peak_mib: f64,
+    z: f64,
+}
+
+/// Runs `gato run` on `pipeline` with `mode`'s budget and reads its
+/// summary.
+fn run_once(
+    pipeline: &Path,
+    out: &Path,
+    mode: &Mode,
+    epochs: usize,
+    n: usize,
+) -> Measured {
+    let status = gato()
+        .args(["-q", "run", "--memory-limit", mode.budget])
+        .arg(pipeline)
+        .arg("--out")
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("gato run");
+    assert!(status.success(), "gato run failed for {} at {n} events", mode.name);
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("summary.json")).expect("summary.json"),
+    )
+    .expect("JSON");
+    std::fs::remove_dir_all(out).ok();
+    let t = &summary["timings_s"];
+    let run = &summary["runs"][0];
+    Measured {
+        select_s: number(&t["select"]),
+        epoch_s: number(&run["training_s"]) / epochs as f64,
+        apply_s: number(&t["apply"]),
+        peak_mib: number(&summary["peak_rss_mib"]),
+        z: number(&run["table"]["z"]),
+    }
+}
+
 fn main() {
     let args = parse_args();
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -186,6 +250,11 @@ fn main() {
         "peak [MiB]",
         "hard Z"
     );
+    let modes: Vec<&Mode> =
+        MODES.iter().filter(|m| args.modes.iter().any(|a| a == m.name)).collect();
+    // Median peak per mode, for each size in order.
+    let mut peaks: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+
     let mut failed = false;
     for &n in &args.sizes {
         let input = dir.path().join(format!("toy_{n}.parquet"));
@@ -202,45 +271,53 @@ fn main() {
             .status()
             .expect("gato generate");
         assert!(status.success(), "gato generate failed");
-        let mut zs = Vec::new();
-        let mut applies = Vec::new();
-        for mode in MODES.iter().filter(|m| args.modes.iter().any(|a| a == m.name)) {
-            let name = mode.name;
-            let pipeline = dir.path().join(format!("{name}.yaml"));
+        for mode in &modes {
+            let pipeline = dir.path().join(format!("{}.yaml", mode.name));
             std::fs::write(&pipeline, pipeline_text(&input, args.epochs, mode))
                 .expect("write");
-            let out: PathBuf = dir.path().join(format!("out_{n}_{name}"));
-            let status = gato()
-                .args(["-q", "run", "--memory-limit", mode.budget])
-                .arg(&pipeline)
-                .arg("--out")
-                .arg(&out)
-                .stdout(std::process::Stdio::null())
-                .status()
-                .expect("gato run");
-            assert!(status.success(), "gato run failed for {name} at {n} events");
-            let summary: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.join("summary.json")).expect("summary.json"),
-            )
-            .expect("JSON");
-            let t = &summary["timings_s"];
-            let run = &summary["runs"][0];
-            let z = number(&run["table"]["z"]);
-            zs.push(z);
-            applies.push(number(&t["apply"]));
+        }
+        let mut measured: Vec<Vec<Measured>> = modes.iter().map(|_| Vec::new()).collect();
+        let mut copies = Vec::new();
+        for _ in 0..args.repeats {
+            for (mode, runs) in modes.iter().zip(&mut measured) {
+                let pipeline = dir.path().join(format!("{}.yaml", mode.name));
+                let out: PathBuf = dir.path().join(format!("out_{n}_{}", mode.name));
+                runs.push(run_once(&pipeline, &out, mode, args.epochs, n));
+            }
+            let copy = dir.path().join(format!("copy_{n}.parquet"));
+            copies.push(copy_seconds(&input, &copy));
+            std::fs::remove_file(&copy).ok();
+        }
+        let mut zs = Vec::new();
+        let mut applies = Vec::new();
+        for ((mode, runs), mode_peaks) in modes.iter().zip(&measured).zip(&mut peaks) {
+            let med =
+                |f: fn(&Measured) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+            let peak = med(|m| m.peak_mib);
+            let max_peak =
+                runs.iter().map(|m| m.peak_mib).fold(f64::NEG_INFINITY, f64::max);
+            let z = med(|m| m.z);
+            // Every run of a mode has the same seed, so the same Z.
+            zs.extend(runs.iter().map(|m| m.z));
+            applies.push(med(|m| m.apply_s));
+            mode_peaks.push(peak);
+            let peak_text = if args.repeats > 1 {
+                format!("{peak:.0} ({max_peak:.0})")
+            } else {
+                format!("{peak:.0}")
+            };
             println!(
-                "{:>11} {:<11} {:>14.3e} {:>10.3} {:>14.3e} {:>10.0} {:>9.4}",
+                "{:>11} {:<11} {:>14.3e} {:>10.3} {:>14.3e} {:>10} {:>9.4}",
                 n,
-                name,
-                n as f64 / number(&t["select"]),
-                number(&run["training_s"]) / args.epochs as f64,
-                n as f64 / number(&t["apply"]),
-                number(&summary["peak_rss_mib"]),
+                mode.name,
+                n as f64 / med(|m| m.select_s),
+                med(|m| m.epoch_s),
+                n as f64 / med(|m| m.apply_s),
+                peak_text,
                 z
             );
-            std::fs::remove_dir_all(&out).ok();
         }
-        let copy = copy_seconds(&input, &dir.path().join(format!("copy_{n}.parquet")));
+        let copy = median(&copies);
         println!(
             "{:>11} {:<11} DataFusion COPY of the input: {:.3e} ev/s; apply reaches {:.0} %",
             n,
@@ -253,6 +330,16 @@ fn main() {
         if spread > 1e-3 * zs[0] {
             println!("{n} events: the modes disagree on hard Z by {spread:.5}");
             failed = true;
+        }
+    }
+    if args.sizes.len() > 1 {
+        let (first, last) = (args.sizes[0], args.sizes[args.sizes.len() - 1]);
+        for (mode, mode_peaks) in modes.iter().zip(&peaks) {
+            println!(
+                "peak at {last} over peak at {first} events, {}: {:.2}",
+                mode.name,
+                mode_peaks[mode_peaks.len() - 1] / mode_peaks[0]
+            );
         }
     }
     if failed {
