@@ -27,7 +27,12 @@ const WINDOW_EVENTS: usize = 250_000;
 const MAX_WINDOW_BINS: usize = 500;
 
 /// Rounds of exact refinement in windows around the cuts.
-const WINDOW_ROUNDS: usize = 4;
+const WINDOW_ROUNDS: usize = 6;
+
+/// A bin at a cut, or next to one, is split before the window round when
+/// it contains more than this fraction of one cut's window events, so that
+/// the window reaches past it.
+const CROWDED_FRACTION: usize = 4;
 
 /// Share of all events above which a bin is split.
 const DENSE_SHARE: f64 = 1e-3;
@@ -109,15 +114,22 @@ pub fn refine(
 ) -> Result<bool> {
     let (lo, hi) = pipeline.model.ranges[0];
     let mut bins = Bins::uniform(lo, hi, START_BINS);
-    let dense_limit = ((events.len() as f64 * DENSE_SHARE) as usize).max(DENSE_MIN_EVENTS);
+    let dense_limit =
+        ((events.len() as f64 * DENSE_SHARE) as usize).max(DENSE_MIN_EVENTS);
     let (mut cells, mut counts) = cells_of(pipeline, events, &bins, &[])?;
     for round in 0..SPLIT_ROUNDS {
-        let dense: Vec<usize> = (0..counts.len()).filter(|&b| counts[b] > dense_limit).collect();
+        let dense: Vec<usize> =
+            (0..counts.len()).filter(|&b| counts[b] > dense_limit).collect();
         let finer = bins.split(&dense, SPLIT_PARTS);
         if finer.len() == bins.len() {
             break;
         }
-        tracing::debug!(round, dense = dense.len(), bins = finer.len(), "split dense bins");
+        tracing::debug!(
+            round,
+            dense = dense.len(),
+            bins = finer.len(),
+            "split dense bins"
+        );
         bins = finer;
         (cells, counts) = cells_of(pipeline, events, &bins, &[])?;
     }
@@ -126,13 +138,38 @@ pub fn refine(
     };
     sorted.refine(cuts, low, high);
     drop((sorted, cells));
+    let crowded_limit = WINDOW_EVENTS / cuts.len().max(1) / CROWDED_FRACTION;
     for round in 0..WINDOW_ROUNDS {
+        // Where the cut's bins are too full for a window of several bins,
+        // finer bins let the cut move within them first.
+        let crowded = crowded_bins(&bins, cuts, &counts, crowded_limit);
+        let finer = bins.split(&crowded, SPLIT_PARTS);
+        if finer.len() > bins.len() {
+            tracing::debug!(
+                round,
+                crowded = crowded.len(),
+                bins = finer.len(),
+                "split bins at cuts"
+            );
+            bins = finer;
+            let cells;
+            (cells, counts) = cells_of(pipeline, events, &bins, &[])?;
+            let Some(sorted) = SortedEvents::new(pipeline, &cells) else {
+                return Ok(false);
+            };
+            sorted.refine(cuts, low, high);
+        }
         let windows = cut_windows(&bins, cuts, &counts, WINDOW_EVENTS);
         let (mixed, _) = cells_of(pipeline, events, &bins, &windows)?;
         let Some(sorted) = SortedEvents::new(pipeline, &mixed) else {
             return Ok(false);
         };
-        sorted.refine(cuts, low, high);
+        // Within its window a cut falls between events read one by one, or
+        // between such an event and a whole bin, so the yields that the
+        // search sees are exact. Outside, a cut between two cells would
+        // split a bin's events differently from what the cells say.
+        let bounds = window_bounds(&bins, cuts, &windows);
+        sorted.refine_within(cuts, low, high, Some(&bounds));
         let inside = cuts_inside(&bins, cuts, &windows);
         tracing::debug!(round, inside, windows = windows.len(), "refined in windows");
         if inside {
@@ -239,6 +276,37 @@ fn cut_windows(
     merged
 }
 
+/// Returns the bins, ascending, that contain a cut or neighbour a cut's bin
+/// and contain more than `limit` events.
+fn crowded_bins(bins: &Bins, cuts: &[f64], counts: &[usize], limit: usize) -> Vec<usize> {
+    let mut crowded: Vec<usize> = cuts
+        .iter()
+        .flat_map(|&cut| {
+            let bin = bins.bin(cut);
+            [bin.checked_sub(1), Some(bin), Some(bin + 1)]
+        })
+        .flatten()
+        .filter(|&b| b < bins.len() && counts[b] > limit)
+        .collect();
+    crowded.sort_unstable();
+    crowded.dedup();
+    crowded
+}
+
+/// Returns the range of values each cut may take in a window round: its
+/// window's, or only its own value where no window contains it.
+fn window_bounds(bins: &Bins, cuts: &[f64], windows: &[Range<usize>]) -> Vec<(f64, f64)> {
+    cuts.iter()
+        .map(|&cut| {
+            let bin = bins.bin(cut);
+            match windows.iter().find(|w| w.contains(&bin)) {
+                Some(w) => (bins.edges[w.start], bins.edges[w.end]),
+                None => (cut, cut),
+            }
+        })
+        .collect()
+}
+
 /// Returns whether every cut lies inside a window and off the window's two
 /// end bins, so that the search around it saw events on both sides. The
 /// first and last bin of `bins` count as inside.
@@ -274,7 +342,8 @@ mod tests {
     #[test]
     fn split_refines_dense_bins_only() {
         let bins = Bins::uniform(0.0, 1.0, 4).split(&[1, 3], 4);
-        let expected = [0.0, 0.25, 0.3125, 0.375, 0.4375, 0.5, 0.75, 0.8125, 0.875, 0.9375, 1.0];
+        let expected =
+            [0.0, 0.25, 0.3125, 0.375, 0.4375, 0.5, 0.75, 0.8125, 0.875, 0.9375, 1.0];
         assert_eq!(bins.edges, expected);
         assert_eq!(bins.bin(0.33), 2);
         assert_eq!(bins.bin(0.6), 5);
@@ -331,6 +400,18 @@ mod tests {
             (0..100).map(|b| if b < 10 || b >= 90 { 1 } else { 0 }).collect();
         let windows = cut_windows(&bins, &[0.505], &counts, 6);
         assert_eq!(windows, vec![8..93]);
+    }
+
+    #[test]
+    fn crowded_bins_are_those_at_cuts() {
+        let bins = Bins::uniform(0.0, 1.0, 10);
+        let counts = [50, 50, 5, 50, 50, 50, 50, 50, 50, 50];
+        // Cuts in bins 1 and 9: bins 0, 1 and 8, 9 have more than 10 events,
+        // bin 2 does not.
+        assert_eq!(crowded_bins(&bins, &[0.15, 0.95], &counts, 10), vec![0, 1, 8, 9]);
+        // Two cuts in one bin name it once.
+        assert_eq!(crowded_bins(&bins, &[0.51, 0.52], &counts, 10), vec![4, 5, 6]);
+        assert!(crowded_bins(&bins, &[0.51], &counts, 50).is_empty());
     }
 
     #[test]

@@ -83,6 +83,23 @@ impl SortedEvents {
     /// values, strictly inside `(low, high)`, unless no such midpoint keeps
     /// its split.
     pub fn refine(&self, cuts: &mut [f64], low: f64, high: f64) -> f64 {
+        self.refine_within(cuts, low, high, None)
+    }
+
+    /// [`SortedEvents::refine`], with each cut kept within its range of
+    /// `bounds` (inclusive), when given.
+    pub fn refine_within(
+        &self,
+        cuts: &mut [f64],
+        low: f64,
+        high: f64,
+        bounds: Option<&[(f64, f64)]>,
+    ) -> f64 {
+        let allowed = |j: usize, cut: f64| {
+            cut > low
+                && cut < high
+                && bounds.is_none_or(|b| b[j].0 <= cut && cut <= b[j].1)
+        };
         let n = self.x.len();
         let mut edges: Vec<usize> = std::iter::once(0)
             .chain(cuts.iter().map(|&c| self.index_of(c)))
@@ -100,7 +117,7 @@ impl SortedEvents {
                     }
                     let cut = 0.5 * (self.x[split - 1] + self.x[split]);
                     // Adjacent floats can round the midpoint onto the lower value.
-                    if !(cut > self.x[split - 1] && cut > low && cut < high) {
+                    if !(cut > self.x[split - 1] && allowed(j - 1, cut)) {
                         continue;
                     }
                     if let Some(z2) = self.pair_z2(left, split, right) {
@@ -127,7 +144,7 @@ impl SortedEvents {
                 continue;
             }
             let middle = 0.5 * (self.x[split - 1] + self.x[split]);
-            if middle > self.x[split - 1] && middle > low && middle < high {
+            if middle > self.x[split - 1] && allowed(j, middle) {
                 *cut = middle;
             }
         }

@@ -3,10 +3,10 @@
 
 use gato::config::Pipeline;
 use gato::evaluate::{dp_optimum, evaluate};
-use gato::store::EventSet;
 use gato::model::category_of;
 use gato::optimize::SortedEvents;
 use gato::select::Events;
+use gato::store::EventSet;
 
 use crate::common::{pipeline, select_events, toy_1d_processes};
 
@@ -87,6 +87,35 @@ fn refine_one_cut_finds_global_best() {
         .fold(0.0f64, f64::max);
     assert!((z - best).abs() < 1e-12, "refined {z}, brute force {best}");
     assert!((z_of_cuts(&pipeline, &events, &cuts) - z).abs() < 1e-12);
+}
+
+#[test]
+fn refine_within_bounds_finds_best_inside() {
+    let (pipeline, events) = small_toy("asimov");
+    let sorted = SortedEvents::new(&pipeline, &events).unwrap();
+    let mut free = [0.5];
+    let z_free = sorted.refine(&mut free, 0.0, 1.0);
+    // A range that excludes the free optimum: the cut stays inside it and
+    // ends at the best midpoint there.
+    let bounds = if free[0] > 0.5 { (0.2, 0.4) } else { (0.6, 0.8) };
+    let mut cuts = [0.5 * (bounds.0 + bounds.1)];
+    let z = sorted.refine_within(&mut cuts, 0.0, 1.0, Some(&[bounds]));
+    assert!(bounds.0 <= cuts[0] && cuts[0] <= bounds.1, "{} outside {bounds:?}", cuts[0]);
+    let mut xs = events.discriminants[0].clone();
+    xs.sort_by(f64::total_cmp);
+    let best = xs
+        .windows(2)
+        .filter(|w| w[0] < w[1])
+        .map(|w| 0.5 * (w[0] + w[1]))
+        .filter(|&m| bounds.0 <= m && m <= bounds.1)
+        .map(|m| z_of_cuts(&pipeline, &events, &[m]))
+        .fold(0.0f64, f64::max);
+    assert!((z - best).abs() < 1e-12, "refined {z}, brute force {best}");
+    assert!(z < z_free, "the bounds exclude the free optimum");
+    // A cut bounded to its own value does not move.
+    let mut fixed = [0.55];
+    sorted.refine_within(&mut fixed, 0.0, 1.0, Some(&[(0.55, 0.55)]));
+    assert_eq!(fixed, [0.55]);
 }
 
 #[test]
@@ -388,6 +417,9 @@ fn sparse_category_advice_follows_penalties() {
             .lines()
             .find(|l| l.contains("background MC events"))
             .unwrap_or_else(|| panic!("no warning about sparse categories:\n{stderr}"));
-        assert!(warning.contains(&format!("unreliable; {advice}")), "{objective}: {warning}");
+        assert!(
+            warning.contains(&format!("unreliable; {advice}")),
+            "{objective}: {warning}"
+        );
     }
 }
