@@ -133,7 +133,9 @@ enum ToyKind {
 }
 
 fn main() -> ExitCode {
-    // First, so that every thread started later inherits the blocked signals.
+    // Before any thread starts: threads get their malloc arenas as they
+    // first allocate, and inherit the blocked signals.
+    gato::run::limit_malloc_arenas();
     gato::interrupt::install();
     let cli = Cli::parse();
     init_logging(cli.quiet, cli.verbose);

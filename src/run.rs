@@ -137,6 +137,28 @@ fn return_large_blocks() {
     }
 }
 
+/// Caps the number of glibc malloc arenas at the number of cores, between
+/// 2 and 8; call it before any thread starts.
+///
+/// By default glibc gives threads up to eight arenas per core, and each
+/// arena keeps the blocks freed in it for its own threads. The selection,
+/// the chunk readers and the compute thread allocate and free on different
+/// threads, so memory freed by one stage stayed out of reach of the next.
+/// With the events on disk, a 50M-event run then peaked 40 to 70 MiB
+/// higher in the refinement than with two arenas, and the peak varied from
+/// run to run.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let arenas = cores.clamp(2, 8) as libc::c_int;
+        // SAFETY: mallopt only changes a tuning parameter of glibc's malloc.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+}
+
 /// Gives the memory that the selection's sort has freed back to the
 /// system, so that the stages after it start from the memory they use.
 fn release_free_memory() {

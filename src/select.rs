@@ -9,6 +9,7 @@
 //! query are multiplied by each process's `scale`.
 
 use std::ops::Range;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, Float64Array, Int32Array, Int64Array};
@@ -234,12 +235,12 @@ pub async fn check(pipeline: &Pipeline, sources: &Sources) -> Result<()> {
     if uses_polars(pipeline) {
         return crate::polars_select::check(pipeline, sources);
     }
-    plan(pipeline, sources, Keep::Memory).await.map(|_| ())
+    plan(pipeline, sources, Keep::Memory, None).await.map(|_| ())
 }
 
 /// Returns whether Polars runs the selection: with `engine: polars`, or
 /// with a lazy query.
-fn uses_polars(pipeline: &Pipeline) -> bool {
+pub fn uses_polars(pipeline: &Pipeline) -> bool {
     pipeline.selection.engine == SelectEngine::Polars || pipeline.selection.lazy.is_some()
 }
 
@@ -288,6 +289,12 @@ pub async fn select_into(
     keep: Keep,
     progress: &indicatif::ProgressBar,
 ) -> Result<EventSet> {
+    // Lives until the sorted stream has been read.
+    let spill = match keep {
+        Keep::Memory => None,
+        Keep::Disk { .. } => Some(SpillDir::create(&std::env::temp_dir())?),
+    };
+    let spill = spill.as_ref().map(SpillDir::path);
     if uses_polars(pipeline) {
         let batches = crate::polars_select::start(pipeline, sources)?;
         let mut ingest = Ingest::new(pipeline, keep)?;
@@ -303,7 +310,7 @@ pub async fn select_into(
             // Polars sorts in memory without a limit, so DataFusion sorts
             // the result instead, within the budget, spilling to disk.
             Keep::Disk { .. } => {
-                if let Some(stream) = sort_batches(pipeline, keep, batches).await? {
+                if let Some(stream) = sort_batches(pipeline, keep, spill, batches).await? {
                     ingest_stream(stream, &mut ingest, progress).await?;
                 }
             }
@@ -313,7 +320,7 @@ pub async fn select_into(
         sources.warn_unmatched();
         return ingest.finish();
     }
-    let (state, plan) = plan(pipeline, sources, keep).await?;
+    let (state, plan) = plan(pipeline, sources, keep, spill).await?;
     let plan = match keep {
         Keep::Memory => plan,
         Keep::Disk { .. } => sorted_by_event(pipeline, plan)?,
@@ -350,6 +357,7 @@ async fn ingest_stream(
 async fn sort_batches(
     pipeline: &Pipeline,
     keep: Keep,
+    spill: Option<&Path>,
     mut batches: crate::polars_select::Batches,
 ) -> Result<Option<datafusion::execution::SendableRecordBatchStream>> {
     let Some(first) = batches.next() else {
@@ -387,7 +395,7 @@ async fn sort_batches(
     )
     .map_err(|e| Error::datafusion("selection: reading the Polars result", e))?;
 
-    let ctx = session(keep)?;
+    let ctx = session(keep, spill)?;
     let frame = ctx
         .read_table(Arc::new(table))
         .map_err(|e| Error::datafusion("selection: reading the Polars result", e))?;
@@ -471,16 +479,48 @@ fn without_hidden_fields(message: &str) -> String {
     format!("{}{}{}", &message[..start], fields.join(", "), &rest[end..])
 }
 
+/// A temporary directory for DataFusion's spill files, removed when it is
+/// dropped or when gato is interrupted.
+struct SpillDir {
+    dir: tempfile::TempDir,
+    _tracked: crate::interrupt::Tracked,
+}
+
+impl SpillDir {
+    fn create(parent: &Path) -> Result<SpillDir> {
+        let dir = tempfile::Builder::new().prefix("gato-spill-").tempdir_in(parent).map_err(
+            |e| {
+                Error::output(
+                    parent,
+                    format!(
+                        "cannot create a directory for the selection's sort: {e}; set \
+                         TMPDIR to a writable directory with room for the selected events"
+                    ),
+                )
+            },
+        )?;
+        Ok(SpillDir { _tracked: crate::interrupt::Tracked::new(dir.path()), dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
 /// Creates the DataFusion session of the selection: for events bound for
-/// disk, its sorts spill to disk beyond `sort_bytes`.
-fn session(keep: Keep) -> Result<SessionContext> {
+/// disk, its sorts spill to files under `spill` beyond `sort_bytes`.
+fn session(keep: Keep, spill: Option<&Path>) -> Result<SessionContext> {
     Ok(match keep {
         Keep::Memory => SessionContext::new(),
         Keep::Disk { sort_bytes, .. } => {
-            let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
                 .with_memory_pool(Arc::new(
                     datafusion::execution::memory_pool::FairSpillPool::new(sort_bytes),
-                ))
+                ));
+            if let Some(spill) = spill {
+                runtime = runtime.with_temp_file_path(spill);
+            }
+            let runtime = runtime
                 .build_arc()
                 .map_err(|e| Error::datafusion("selection: setting the memory limit", e))?;
             // The merge of the sorted runs reads them back within its own
@@ -498,8 +538,9 @@ async fn plan(
     pipeline: &Pipeline,
     sources: &Sources,
     keep: Keep,
+    spill: Option<&Path>,
 ) -> Result<(datafusion::execution::SessionState, LogicalPlan)> {
-    let ctx = session(keep)?;
+    let ctx = session(keep, spill)?;
     ctx.register_table("events", Arc::new(sources.events_table()?))
         .map_err(|e| Error::datafusion("registering the table `events`", e))?;
     let df = ctx.sql(&pipeline.selection.sql).await.map_err(|e| {

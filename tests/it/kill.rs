@@ -137,7 +137,10 @@ fn interrupt_removes_temporary_files() {
     let staging = dir.path().join("out/.gato-staging");
     let started = std::time::Instant::now();
     while !staging.exists() {
-        assert!(started.elapsed() < Duration::from_secs(120), "the run never started training");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never started training"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let names = |d: &Path| -> Vec<String> {
@@ -146,7 +149,11 @@ fn interrupt_removes_temporary_files() {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect()
     };
-    assert!(names(&tmp).iter().any(|n| n.starts_with("gato-events-")), "{:?}", names(&tmp));
+    assert!(
+        names(&tmp).iter().any(|n| n.starts_with("gato-events-")),
+        "{:?}",
+        names(&tmp)
+    );
 
     // SAFETY: sends SIGINT to the child started above.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
@@ -156,4 +163,64 @@ fn interrupt_removes_temporary_files() {
     assert!(stderr.contains("interrupted: removed"), "{stderr}");
     assert_eq!(names(&tmp), Vec::<String>::new());
     assert!(!staging.exists());
+}
+
+/// Ctrl-C while the selection's sort spills to disk removes the spill files
+/// along with the other temporary files.
+#[test]
+fn interrupt_during_spilling_sort_removes_spill_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    // 2M events take more than the sort's 32 MiB under a 64 MiB budget.
+    let text = format!(
+        "name: spill\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 500000, \
+         background: 1500000 }}\n{}selection:\n  sql: SELECT score, weight FROM events\n  \
+         discriminants: [score]\n  events: disk\nmodel:\n  kind: sigmoid\n  \
+         categories: [3]\ntraining:\n  epochs: 100000\noutput: out\n",
+        toy_1d_processes("toy")
+    );
+    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
+
+    let mut child = Command::new(gato_bin())
+        .args(["-q", "run", "--memory-limit", "64", "pipeline.yaml"])
+        .env("TMPDIR", &tmp)
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Files of DataFusion's sort lie in gato-spill-*/datafusion-*/.
+    let spilled = || -> bool {
+        let Ok(entries) = std::fs::read_dir(&tmp) else { return false };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("gato-spill-"))
+            .any(|spill| {
+                std::fs::read_dir(spill.path()).into_iter().flatten().flatten().any(
+                    |df| {
+                        std::fs::read_dir(df.path())
+                            .is_ok_and(|mut files| files.next().is_some())
+                    },
+                )
+            })
+    };
+    let started = std::time::Instant::now();
+    while !spilled() {
+        assert!(
+            child.try_wait().unwrap().is_none()
+                && !dir.path().join("out/.gato-staging").exists(),
+            "the selection ended before the sort spilled to disk"
+        );
+        assert!(started.elapsed() < Duration::from_secs(300), "the sort never spilled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // SAFETY: sends SIGINT to the child started above.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    let left: Vec<_> =
+        std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }
