@@ -53,6 +53,8 @@ pub struct Sources {
     /// Rows whose process-column value matches no process, per input and
     /// value, counted while `events` is scanned.
     unmatched: Arc<Mutex<BTreeMap<(usize, String), usize>>>,
+    /// The schema of `events` common to every input, once checked.
+    common: Arc<std::sync::OnceLock<SchemaRef>>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,8 @@ impl Sources {
     /// Opens every input once to read its schema, and draws toy samples.
     pub fn open(pipeline: &Pipeline) -> Result<Sources> {
         let mut inputs = Vec::new();
+        // Inputs of one process with their own `process` column.
+        let mut hidden = Vec::new();
         let mut staged: Option<(tempfile::TempDir, crate::interrupt::Tracked)> = None;
         for (index, input) in pipeline.inputs.iter().enumerate() {
             let local = match &input.kind {
@@ -116,7 +120,9 @@ impl Sources {
                     return Err(Error::Internal(format!("no file to read for {}", input.label())));
                 }
             };
-            check_process_column(input, &raw_schema)?;
+            if check_process_column(input, &raw_schema)? {
+                hidden.push(input.label());
+            }
             // The apply stage appends this column, so check before any work.
             let category = crate::apply::CATEGORY_COLUMN;
             if raw_schema.field_with_name(category).is_ok() {
@@ -136,12 +142,23 @@ impl Sources {
                 local,
             });
         }
+        if let Some(first) = hidden.first() {
+            tracing::warn!(
+                inputs = hidden.len(),
+                first = %first,
+                "inputs have their own `process` column, which the selection cannot read: \
+                 there `process` is gato's process name (the categorised outputs keep the \
+                 file's column). Rename the column, or name it in the source's \
+                 `process_column` if it holds the process names"
+            );
+        }
         let process_names = pipeline.processes.iter().map(|p| p.name.clone()).collect();
         Ok(Sources {
             inputs,
             process_names,
             _staged: staged.map(Arc::new),
             unmatched: Arc::default(),
+            common: Arc::default(),
         })
     }
 
@@ -252,25 +269,41 @@ impl Sources {
     }
 
     /// Schema of the table `events`, after checking that every input gives
-    /// the same columns; the error lists the difference.
+    /// the same column names and types, in any order; the error lists the
+    /// differences. The columns come in the first input's order. A column
+    /// is nullable when it is in any input, and field metadata is
+    /// dropped, so files that differ only there can be read together.
     pub(crate) fn common_events_schema(&self) -> Result<SchemaRef> {
-        let schema = self.events_schema(0);
-        for index in 0..self.inputs.len() {
+        if let Some(schema) = self.common.get() {
+            return Ok(schema.clone());
+        }
+        let first = self.events_schema(0);
+        let mut nullable: Vec<bool> = first.fields().iter().map(|f| f.is_nullable()).collect();
+        for index in 1..self.inputs.len() {
             let this = self.events_schema(index);
-            if this.fields() != schema.fields() {
+            let differences = column_differences(&this, &first);
+            if !differences.is_empty() {
                 return Err(Error::input(
                     self.inputs[index].input.label(),
                     format!(
-                        "its columns differ from those of {}: {} versus {}; every input \
-                         must have the same column names and types",
+                        "its columns differ from those of {}: {}; every input must have \
+                         the same column names and types",
                         self.inputs[0].input.label(),
-                        describe_fields(&this),
-                        describe_fields(&schema)
+                        differences.join(", ")
                     ),
                 ));
             }
+            for (n, f) in nullable.iter_mut().zip(first.fields()) {
+                *n |= this.field_with_name(f.name()).is_ok_and(|g| g.is_nullable());
+            }
         }
-        Ok(schema)
+        let fields: Vec<Field> = first
+            .fields()
+            .iter()
+            .zip(&nullable)
+            .map(|(f, &n)| Field::new(f.name(), f.data_type().clone(), n))
+            .collect();
+        Ok(self.common.get_or_init(|| Arc::new(Schema::new(fields))).clone())
     }
 
     /// The local Parquet file of input `index`: the input's own file or its
@@ -344,14 +377,21 @@ impl Sources {
                 process
             }
         };
-        let mut columns: Vec<ArrayRef> = batch
-            .schema()
-            .fields()
+        // The input's columns in the order of the common schema, which
+        // ends with `process` and the three hidden columns.
+        let schema = self.common_events_schema()?;
+        let input_columns = &schema.fields()[..schema.fields().len() - 4];
+        let mut columns: Vec<ArrayRef> = input_columns
             .iter()
-            .zip(batch.columns())
-            .filter(|(f, _)| f.name() != "process")
-            .map(|(_, c)| c.clone())
-            .collect();
+            .map(|f| {
+                batch.column_by_name(f.name()).cloned().ok_or_else(|| {
+                    Error::input(
+                        self.inputs[index].input.label(),
+                        format!("a batch lacks the column `{}` of the file's schema", f.name()),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
         let names: StringArray = process
             .iter()
             .map(|p| Some(p.map_or("", |p| self.process_names[p as usize].as_str())))
@@ -367,7 +407,7 @@ impl Sources {
         columns.push(Arc::new(Int64Array::from_iter_values(
             first_row..first_row + rows as i64,
         )));
-        let events = RecordBatch::try_new(self.events_schema(index), columns)
+        let events = RecordBatch::try_new(schema, columns)
             .map_err(|e| Error::Internal(format!("building events batch: {e}")))?;
         if process.iter().all(Option::is_some) {
             return Ok(events);
@@ -422,22 +462,36 @@ fn relabel(error: Error, local: &Path, label: &str) -> Error {
     }
 }
 
-fn describe_fields(schema: &Schema) -> String {
-    let parts: Vec<String> = schema
-        .fields()
-        .iter()
-        .map(|f| format!("{}: {}", f.name(), f.data_type()))
-        .collect();
-    format!("[{}]", parts.join(", "))
+/// Lists the differences in column names and types of `this` against
+/// `first`, in words; empty when they agree.
+fn column_differences(this: &Schema, first: &Schema) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in this.fields() {
+        match first.field_with_name(f.name()) {
+            Err(_) => out.push(format!("`{}` ({}) is only in this input", f.name(), f.data_type())),
+            Ok(g) if g.data_type() != f.data_type() => out.push(format!(
+                "`{}` is {} here and {} there",
+                f.name(),
+                f.data_type(),
+                g.data_type()
+            )),
+            Ok(_) => {}
+        }
+    }
+    for g in first.fields() {
+        if this.field_with_name(g.name()).is_err() {
+            out.push(format!("`{}` ({}) is missing here", g.name(), g.data_type()));
+        }
+    }
+    out
 }
 
 /// Checks that an input assigned by column has that column, as strings.
-fn check_process_column(input: &Input, schema: &Schema) -> Result<()> {
+/// Returns whether an input assigned to one process has its own `process`
+/// column, which the selection's `process` hides.
+fn check_process_column(input: &Input, schema: &Schema) -> Result<bool> {
     let ProcessAssign::ByColumn { column, .. } = &input.assign else {
-        if schema.field_with_name("process").is_ok() {
-            tracing::debug!(input = %input.label(), "replacing the input's own `process` column");
-        }
-        return Ok(());
+        return Ok(schema.field_with_name("process").is_ok());
     };
     let field = schema.field_with_name(column).map_err(|_| {
         let names: Vec<&str> =
@@ -475,7 +529,7 @@ fn check_process_column(input: &Input, schema: &Schema) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    Ok(false)
 }
 
 /// One input as a partition of the table `events`.

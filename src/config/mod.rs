@@ -759,6 +759,20 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
     if sql.trim().is_empty() {
         return Err(plain("selection", "the SQL is empty".into()));
     }
+    if let Some((keyword, line, column)) = subset_clause(&sql) {
+        let key = if s.sql.is_some() { "selection.sql" } else { "selection.sql_file" };
+        return Err(plain(
+            key,
+            format!(
+                "{keyword} at line {line}, column {column} of the SQL keeps an arbitrary \
+                 subset of the events: the yields would no longer match the cross-sections, \
+                 and a parallel query may pick other events each run; select events with \
+                 WHERE on their columns instead, and scale the weights with the process's \
+                 `scale` (a column with this name must be quoted: \"{}\")",
+                keyword.to_lowercase()
+            ),
+        ));
+    }
     if s.discriminants.is_empty() {
         return Err(plain("selection.discriminants", "name at least one column".into()));
     }
@@ -791,6 +805,28 @@ fn validate_selection(file: &PipelineFile, plain: &PlainFn) -> Result<Selection>
         events: s.events,
         engine: s.engine,
         lazy: None,
+    })
+}
+
+/// Finds the first LIMIT, OFFSET, FETCH or TABLESAMPLE keyword outside
+/// quotes and comments in `sql`, with its line and column. SQL that does
+/// not tokenize is left to the engine to report.
+fn subset_clause(sql: &str) -> Option<(String, u64, u64)> {
+    use datafusion::sql::sqlparser::{
+        dialect::GenericDialect, keywords::Keyword, tokenizer::Token, tokenizer::Tokenizer,
+    };
+    let tokens = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location().ok()?;
+    tokens.into_iter().find_map(|t| match t.token {
+        Token::Word(w)
+            if w.quote_style.is_none()
+                && matches!(
+                    w.keyword,
+                    Keyword::LIMIT | Keyword::OFFSET | Keyword::FETCH | Keyword::TABLESAMPLE
+                ) =>
+        {
+            Some((w.value.to_uppercase(), t.span.start.line, t.span.start.column))
+        }
+        _ => None,
     })
 }
 

@@ -543,3 +543,29 @@ fn run_protects_inputs_and_run_directories() {
     assert!(!dir.path().join("out/sigmoid_k3/notes.txt").exists());
     assert!(!dir.path().join("out/.gato-staging").exists());
 }
+
+/// Files that each hold one process but carry a `process` column of their
+/// own get one warning, since the selection's `process` hides that column.
+#[test]
+fn own_process_column_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, process) in [("sig.parquet", "s"), ("bkg.parquet", "b")] {
+        crate::config_errors::write_parquet(
+            &dir.path().join(name),
+            &[process, process],
+            &[0.2, 0.8],
+            &[1.0, 1.0],
+        );
+    }
+    let text = "name: own\nprocesses:\n  - { name: signal, role: signal, files: [sig.parquet] }\n  \
+                - { name: bkg, role: background, files: [bkg.parquet] }\nselection:\n  sql: \
+                SELECT score, weight FROM events\n  discriminants: [score]\nmodel:\n  kind: \
+                sigmoid\n  categories: [2]\n";
+    std::fs::write(dir.path().join("p.yaml"), text).unwrap();
+    let out = gato(&["validate", "p.yaml"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("own `process` column").count(), 1, "{stderr}");
+    assert!(stderr.contains("inputs=2"), "{stderr}");
+    assert!(stderr.contains("sig.parquet"), "{stderr}");
+}

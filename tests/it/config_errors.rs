@@ -277,7 +277,10 @@ fn error_sql_unknown_column_shows_datafusion_message() {
 fn error_sql_unknown_column_hides_hidden_columns() {
     let (_dir, path) = two_event_file();
     let err = select_error(&write_file_pipeline(&path, "SELECT qqq, weight FROM events"));
-    assert!(err.contains("Valid fields are events.score, events.weight, events.process."), "{err}");
+    assert!(
+        err.contains("Valid fields are events.score, events.weight, events.process."),
+        "{err}"
+    );
     assert!(!err.contains("_gato_"), "{err}");
 }
 
@@ -969,7 +972,8 @@ fn error_input_with_category_column() {
 
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
     let mut writer =
-        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None).unwrap();
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), schema, None)
+            .unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 
@@ -986,6 +990,142 @@ fn error_input_with_category_column() {
             "input {}: already has a column `category`; rename or drop it before running \
              gato, which appends its own",
             path.display()
+        )
+    );
+}
+
+#[test]
+fn error_selection_takes_arbitrary_subset() {
+    let with_sql = |sql: &str| BASE.replace("SELECT score, weight FROM events", sql);
+    let err = config_error(&with_sql("SELECT score, weight FROM events LIMIT 100"));
+    assert!(
+        err.starts_with(
+            "p.yaml: selection.sql: LIMIT at line 1, column 34 of the SQL keeps an arbitrary \
+             subset of the events"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("select events with WHERE"), "{err}");
+    let err = config_error(&with_sql(
+        "\"SELECT score, weight\\n  FROM events TABLESAMPLE (10 PERCENT)\"",
+    ));
+    assert!(err.contains("TABLESAMPLE at line 2, column 15 of the SQL"), "{err}");
+    let err = config_error(&with_sql(
+        "SELECT score, weight FROM events ORDER BY score OFFSET 5 ROWS",
+    ));
+    assert!(err.contains("OFFSET at line 1"), "{err}");
+    // In quotes and comments the words are not clauses.
+    for sql in [
+        "\"SELECT score, weight FROM events WHERE 'limit' <> 'offset' -- LIMIT 3\"",
+        "SELECT score AS \"limit\", score, weight FROM events",
+    ] {
+        Pipeline::from_text(&with_sql(sql), "p.yaml")
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// Writes `columns` (name, values, nullable) and a `process` column as a
+/// Parquet file, in the order given.
+fn write_columns(path: &Path, process_first: bool, columns: &[(&str, ArrayRef, bool)]) {
+    let process: ArrayRef = Arc::new(StringArray::from(vec!["signal", "bkg1", "bkg1"]));
+    let mut fields = Vec::new();
+    let mut arrays = Vec::new();
+    if process_first {
+        fields.push(Field::new("process", DataType::Utf8, false));
+        arrays.push(process.clone());
+    }
+    for (name, values, nullable) in columns {
+        fields.push(Field::new(*name, values.data_type().clone(), *nullable));
+        arrays.push(values.clone());
+    }
+    if !process_first {
+        fields.push(Field::new("process", DataType::Utf8, true));
+        arrays.push(process);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let batch = RecordBatch::try_new(schema.clone(), arrays).unwrap();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+}
+
+fn two_file_pipeline(a: &Path, b: &Path) -> String {
+    write_file_pipeline(a, "SELECT score, weight FROM events").replace(
+        &format!("[\"{}\"]", a.display()),
+        &format!("[\"{}\", \"{}\"]", a.display(), b.display()),
+    )
+}
+
+#[test]
+fn inputs_may_differ_in_column_order_and_nullability() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+    let f64s = |v: &[f64]| -> ArrayRef { Arc::new(Float64Array::from(v.to_vec())) };
+    write_columns(
+        &a,
+        true,
+        &[
+            ("score", f64s(&[0.9, 0.1, 0.2]), false),
+            ("weight", f64s(&[1.0, 2.0, 3.0]), false),
+        ],
+    );
+    // The same names and types in another order, nullable.
+    write_columns(
+        &b,
+        false,
+        &[
+            ("weight", f64s(&[4.0, 5.0, 6.0]), true),
+            ("score", f64s(&[0.8, 0.3, 0.4]), true),
+        ],
+    );
+    let pipeline = Pipeline::from_text(&two_file_pipeline(&a, &b), "p.yaml").unwrap();
+    let sources = Sources::open(&pipeline).unwrap();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let events = runtime.block_on(gato::select::select(&pipeline, &sources)).unwrap();
+    // Sorted by process (signal first), then input, then row.
+    assert_eq!(events.discriminants[0], vec![0.9, 0.8, 0.1, 0.2, 0.3, 0.4]);
+    assert_eq!(events.weight, vec![1.0, 4.0, 2.0, 3.0, 5.0, 6.0]);
+    assert_eq!(events.input, vec![0, 1, 0, 0, 1, 1]);
+}
+
+#[test]
+fn error_inputs_with_other_columns_name_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+    let f64s = |v: &[f64]| -> ArrayRef { Arc::new(Float64Array::from(v.to_vec())) };
+    write_columns(
+        &a,
+        true,
+        &[
+            ("score", f64s(&[0.9, 0.1, 0.2]), false),
+            ("weight", f64s(&[1.0, 2.0, 3.0]), false),
+            ("pt", f64s(&[1.0; 3]), false),
+        ],
+    );
+    let score32: ArrayRef =
+        Arc::new(gato::datafusion::arrow::array::Float32Array::from(vec![
+            0.8f32, 0.3, 0.4,
+        ]));
+    write_columns(
+        &b,
+        true,
+        &[
+            ("score", score32, false),
+            ("weight", f64s(&[4.0, 5.0, 6.0]), false),
+            ("eta", f64s(&[0.0; 3]), false),
+        ],
+    );
+    let err = select_error(&two_file_pipeline(&a, &b));
+    assert_eq!(
+        err,
+        format!(
+            "input {}: its columns differ from those of {}: `score` is Float32 here and Float64 \
+             there, `eta` (Float64) is only in this input, `pt` (Float64) is missing here; \
+             every input must have the same column names and types",
+            b.display(),
+            a.display()
         )
     );
 }
