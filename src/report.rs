@@ -34,6 +34,10 @@ pub struct Summary {
     /// Storage of the selected events: `memory` or `disk`.
     #[serde(default)]
     pub event_storage: String,
+    /// Engine of the selection: `datafusion` or `polars` (Polars SQL or a
+    /// lazy query).
+    #[serde(default)]
+    pub engine: String,
     /// Selected events per process.
     pub processes: Vec<ProcessSummary>,
     /// One entry per number of categories.
@@ -81,6 +85,8 @@ pub struct Versions {
     pub gato: String,
     pub burn: String,
     pub datafusion: String,
+    #[serde(default)]
+    pub polars: String,
 }
 
 impl Default for Versions {
@@ -89,6 +95,7 @@ impl Default for Versions {
             gato: env!("CARGO_PKG_VERSION").into(),
             burn: "0.21.0".into(),
             datafusion: datafusion::DATAFUSION_VERSION.into(),
+            polars: polars::VERSION.into(),
         }
     }
 }

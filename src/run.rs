@@ -582,6 +582,8 @@ fn optimise_and_write(
             EventSet::Memory(_) => "memory".into(),
             EventSet::Disk(_) => "disk".into(),
         },
+        engine: if crate::select::uses_polars(pipeline) { "polars" } else { "datafusion" }
+            .into(),
         processes,
         runs,
         penalties: Penalties {

@@ -125,8 +125,13 @@ fn category_table(out: &mut String, run: &RunSummary) {
         let _ = write!(out, "<th>Z {}</th>", esc(s));
     }
     out.push_str("</tr>\n");
+    let last = t.categories.len().saturating_sub(1);
     for row in &t.categories {
         let region = match (&row.cell, row.lower, row.upper) {
+            // The last 1D category includes its upper edge, as in the terminal table.
+            (None, Some(a), Some(b)) if row.category == last => {
+                format!("[{}, {}]", num(a), num(b))
+            }
             (Some(cell), _, _) => cell
                 .iter()
                 .map(|[a, b]| format!("[{}, {})", num(*a), num(*b)))

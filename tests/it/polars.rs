@@ -278,6 +278,9 @@ fn run_with_polars_equals_run_with_datafusion() {
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (datafusion, datafusion_log) = run(&text("datafusion"), a.path());
     let (polars, polars_log) = run(&text("polars"), b.path());
+    assert_eq!(datafusion["engine"], "datafusion");
+    assert_eq!(polars["engine"], "polars");
+    assert_eq!(polars["versions"]["polars"], gato::polars::VERSION);
     assert_eq!(datafusion["processes"], polars["processes"]);
     let (rd, rp) = (&datafusion["runs"][0], &polars["runs"][0]);
     assert_eq!(rd["boundaries"], rp["boundaries"]);

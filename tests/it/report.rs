@@ -234,6 +234,20 @@ fn one_d_plots_match_summary_and_recomputed_histograms() {
     }
     let z = summary["runs"][1]["table"]["z"].as_f64().unwrap();
     assert!(html.contains(&format!("<td>{z:.4}</td>")), "Z {z:.4} in the table");
+    // 1D categories are half-open except the last, which includes its
+    // upper edge, as in the terminal table.
+    let mut cut_runs = 0;
+    for run in summary["runs"].as_array().unwrap() {
+        let rows = run["table"]["categories"].as_array().unwrap();
+        let Some(first) = rows[0]["lower"].as_f64() else { continue };
+        cut_runs += 1;
+        let hi0 = rows[0]["upper"].as_f64().unwrap();
+        assert!(html.contains(&format!(">[{first:.4}, {hi0:.4})</td>")), "{first} {hi0}");
+        let last = &rows[rows.len() - 1];
+        let (lo, hi) = (last["lower"].as_f64().unwrap(), last["upper"].as_f64().unwrap());
+        assert!(html.contains(&format!(">[{lo:.4}, {hi:.4}]</td>")), "{lo} {hi}");
+    }
+    assert!(cut_runs > 0);
     check_in_chromium(&out.join("report.html"), images.len());
 
     // `gato report` draws the same files again from the saved outputs.
