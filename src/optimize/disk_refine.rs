@@ -11,10 +11,9 @@
 
 use std::ops::Range;
 
-use crate::config::Pipeline;
+use crate::config::{Pipeline, Role};
 use crate::error::Result;
 use crate::optimize::SortedEvents;
-use crate::select::{Binner, Events};
 use crate::store::EventSet;
 
 /// Equal bins of the model range that the cells start from.
@@ -133,11 +132,11 @@ pub fn refine(
         bins = finer;
         (cells, counts) = cells_of(pipeline, events, &bins, &[])?;
     }
-    let Some(sorted) = SortedEvents::new(pipeline, &cells) else {
+    let Some(sorted) = SortedEvents::from_entries(pipeline, cells) else {
         return Ok(false);
     };
     sorted.refine(cuts, low, high);
-    drop((sorted, cells));
+    drop(sorted);
     let crowded_limit = WINDOW_EVENTS / cuts.len().max(1) / CROWDED_FRACTION;
     for round in 0..WINDOW_ROUNDS {
         // Where the cut's bins are too full for a window of several bins,
@@ -154,19 +153,19 @@ pub fn refine(
             bins = finer;
             let cells;
             (cells, counts) = cells_of(pipeline, events, &bins, &[])?;
-            let Some(sorted) = SortedEvents::new(pipeline, &cells) else {
+            let Some(sorted) = SortedEvents::from_entries(pipeline, cells) else {
                 return Ok(false);
             };
             sorted.refine(cuts, low, high);
         }
         let windows = cut_windows(&bins, cuts, &counts, WINDOW_EVENTS);
         let (mixed, _) = cells_of(pipeline, events, &bins, &windows)?;
-        let Some(sorted) = SortedEvents::new(pipeline, &mixed) else {
+        let Some(sorted) = SortedEvents::from_entries(pipeline, mixed) else {
             return Ok(false);
         };
         // Within its window a cut falls between events read one by one, or
         // between such an event and a whole bin, so the yields that the
-        // search sees are exact. Outside, a cut between two cells would
+        // search computes are exact. Outside, a cut between two cells would
         // split a bin's events differently from what the cells say.
         let bounds = window_bounds(&bins, cuts, &windows);
         sorted.refine_within(cuts, low, high, Some(&bounds));
@@ -180,50 +179,56 @@ pub fn refine(
 }
 
 /// Returns the events whose bin lies in one of `windows` one by one, and
-/// every other event in the filled cells of `bins`, sorted by process,
-/// with the number of events in each bin.
+/// every other event summed into cells of `bins`, one for the signal and
+/// one for the background of each filled bin, as (value, weight, is
+/// signal), with the number of events in each bin. A cell's value is the
+/// mean of its events' values.
 fn cells_of(
     pipeline: &Pipeline,
     events: &EventSet,
     bins: &Bins,
     windows: &[Range<usize>],
-) -> Result<(Events, Vec<usize>)> {
-    let processes = pipeline.processes.len();
-    let mut binner = Binner::with_cells(1, bins.len(), processes);
+) -> Result<(Vec<(f64, f64, bool)>, Vec<usize>)> {
+    let is_signal: Vec<bool> =
+        pipeline.processes.iter().map(|p| p.role == Role::Signal).collect();
     let mut counts = vec![0usize; bins.len()];
-    let mut exact: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); processes];
+    // Per bin and class (background 0, signal 1): Σw, Σx and the count.
+    let mut sumw = vec![[0.0f64; 2]; bins.len()];
+    let mut sumx = vec![[0.0f64; 2]; bins.len()];
+    let mut filled = vec![[0u32; 2]; bins.len()];
+    let mut entries: Vec<(f64, f64, bool)> = Vec::new();
     events.for_each_chunk(|chunk| {
         let x = &chunk.discriminants[0];
-        binner.add_by(chunk, |i| {
-            let bin = bins.bin(x[i]);
-            counts[bin] += 1;
-            if windows.iter().any(|w| w.contains(&bin)) {
-                let p = chunk.process[i] as usize;
-                exact[p].0.push(x[i]);
-                exact[p].1.push(chunk.weight[i]);
-                None
-            } else {
-                Some(bin)
+        for (p, range) in chunk.process_ranges.iter().enumerate() {
+            let signal = is_signal[p];
+            for i in range.clone() {
+                let bin = bins.bin(x[i]);
+                counts[bin] += 1;
+                if windows.iter().any(|w| w.contains(&bin)) {
+                    entries.push((x[i], chunk.weight[i], signal));
+                } else {
+                    let class = usize::from(signal);
+                    sumw[bin][class] += chunk.weight[i];
+                    sumx[bin][class] += x[i];
+                    filled[bin][class] += 1;
+                }
             }
-        });
+        }
         Ok(())
     })?;
-    let cells = binner.finish();
-    let mut mixed = Events {
-        discriminants: vec![Vec::new()],
-        process_ranges: Vec::with_capacity(processes),
-        ..Events::default()
-    };
-    for (p, (x, w)) in exact.into_iter().enumerate() {
-        let start = mixed.weight.len();
-        let range = cells.process_ranges[p].clone();
-        mixed.discriminants[0].extend_from_slice(&cells.discriminants[0][range.clone()]);
-        mixed.weight.extend_from_slice(&cells.weight[range]);
-        mixed.discriminants[0].extend(x);
-        mixed.weight.extend(w);
-        mixed.process_ranges.push(start..mixed.weight.len());
+    for bin in 0..bins.len() {
+        for class in 0..2 {
+            let n = filled[bin][class];
+            if n > 0 {
+                entries.push((
+                    sumx[bin][class] / f64::from(n),
+                    sumw[bin][class],
+                    class == 1,
+                ));
+            }
+        }
     }
-    Ok((mixed, counts))
+    Ok((entries, counts))
 }
 
 /// Bin ranges around each cut, merged where they overlap, for `counts`

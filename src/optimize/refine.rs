@@ -29,10 +29,10 @@ impl SortedEvents {
     /// Sorts the events; `None` unless there is one discriminant and one
     /// signal process.
     pub fn new(pipeline: &Pipeline, events: &Events) -> Option<SortedEvents> {
-        if events.discriminants.len() != 1 || pipeline.signal_indices().len() != 1 {
+        if events.discriminants.len() != 1 {
             return None;
         }
-        let mut order: Vec<(f64, f64, bool)> = events
+        let order: Vec<(f64, f64, bool)> = events
             .process_ranges
             .iter()
             .enumerate()
@@ -44,6 +44,18 @@ impl SortedEvents {
                 (events.discriminants[0][i], events.weight[i], is_signal)
             })
             .collect();
+        SortedEvents::from_entries(pipeline, order)
+    }
+
+    /// Sorts entries of (value, weight, is signal); `None` unless the
+    /// pipeline has one signal process.
+    pub fn from_entries(
+        pipeline: &Pipeline,
+        mut order: Vec<(f64, f64, bool)>,
+    ) -> Option<SortedEvents> {
+        if pipeline.signal_indices().len() != 1 {
+            return None;
+        }
         order.sort_by(|a, b| a.0.total_cmp(&b.0));
         let n = order.len();
         let mut sorted = SortedEvents {
@@ -86,8 +98,8 @@ impl SortedEvents {
         self.refine_within(cuts, low, high, None)
     }
 
-    /// [`SortedEvents::refine`], with each cut kept within its range of
-    /// `bounds` (inclusive), when given.
+    /// Refines as [`SortedEvents::refine`] does, with each cut kept within
+    /// its range of `bounds` (inclusive), when given.
     pub fn refine_within(
         &self,
         cuts: &mut [f64],
