@@ -18,8 +18,8 @@ use datafusion::parquet::arrow::ArrowWriter;
 use crate::config::InputKind;
 use crate::error::{Error, Result};
 use crate::model::SavedModel;
-use crate::store::{EventSet, RangeReader};
 use crate::source::{BatchIter, Sources};
+use crate::store::{EventSet, RangeReader};
 
 /// Name of the appended column.
 pub const CATEGORY_COLUMN: &str = "category";
@@ -148,7 +148,8 @@ impl Run {
                 if self.left.is_empty() {
                     return Ok(());
                 }
-                let take = self.left.start..self.left.end.min(self.left.start + self.block);
+                let take =
+                    self.left.start..self.left.end.min(self.left.start + self.block);
                 self.left.start = take.end;
                 let (discriminants, rows) = reader.read(take)?;
                 self.categories = assign(&discriminants);
@@ -203,13 +204,13 @@ pub fn write_categorised(
     let schema = Arc::new(Schema::new_with_metadata(fields, raw.metadata().clone()));
     let temp = crate::atomic::temp_file_for(path)?;
     let file = temp.reopen().map_err(|e| Error::output(temp.path(), e.to_string()))?;
-    let mut writer = ArrowWriter::try_new(file, schema.clone(), None)
+    let writer = ArrowWriter::try_new(file, schema.clone(), None)
         .map_err(|e| Error::output(path, e.to_string()))?;
 
     // A reader thread decodes the next input batches and categorises them
-    // while this one encodes and writes. Encoding takes the longest, so it
-    // gets a thread to itself. The bounded channel keeps at most two
-    // batches waiting.
+    // while this one hands their columns to the encoders and writes the
+    // encoded row groups. The bounded channel keeps at most two batches
+    // waiting.
     std::thread::scope(|scope| {
         let (send, receive) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
         let batch_schema = schema.clone();
@@ -221,8 +222,9 @@ pub fn write_categorised(
                     row += batch.num_rows();
                     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
                     columns.push(Arc::new(column));
-                    RecordBatch::try_new(batch_schema.clone(), columns)
-                        .map_err(|e| Error::Internal(format!("building output batch: {e}")))
+                    RecordBatch::try_new(batch_schema.clone(), columns).map_err(|e| {
+                        Error::Internal(format!("building output batch: {e}"))
+                    })
                 });
                 let failed = out.is_err();
                 // The receiver is gone when writing failed.
@@ -231,14 +233,119 @@ pub fn write_categorised(
                 }
             }
         });
-        for batch in receive {
-            writer.write(&batch?).map_err(|e| Error::output(path, e.to_string()))?;
-        }
-        Ok::<(), Error>(())
+        encode_in_parallel(writer, &schema, receive, path)
     })?;
-
-    writer.close().map_err(|e| Error::output(path, e.to_string()))?;
     crate::atomic::persist(temp, path)
+}
+
+/// Threads that encode the columns of a row group.
+const ENCODERS: usize = 2;
+
+/// Writes the batches of `receive` with `writer`, whose schema is
+/// `schema`, and closes it. Encoding takes most of the time of the apply
+/// stage, so the columns of each row group are shared out among
+/// [`ENCODERS`] threads. This thread writes the encoded row groups in
+/// order.
+fn encode_in_parallel(
+    writer: ArrowWriter<std::fs::File>,
+    schema: &SchemaRef,
+    receive: std::sync::mpsc::Receiver<Result<RecordBatch>>,
+    path: &Path,
+) -> Result<()> {
+    use datafusion::parquet::arrow::arrow_writer::{
+        ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, compute_leaves,
+    };
+    let failed =
+        |e: datafusion::parquet::errors::ParquetError| Error::output(path, e.to_string());
+    let (mut file, factory) = writer.into_serialized_writer().map_err(failed)?;
+    let max_rows =
+        file.properties().max_row_group_row_count().unwrap_or(usize::MAX).max(1);
+    let mut receive = receive.into_iter().peekable();
+    let mut group = 0;
+    // A batch that straddles two row groups leaves its tail for the next.
+    let mut carried: Option<RecordBatch> = None;
+    while carried.is_some() || receive.peek().is_some() {
+        let writers = factory.create_column_writers(group).map_err(failed)?;
+        // Leaf columns go to the encoders in turn: leaf i to encoder i % n.
+        let n = ENCODERS.min(writers.len()).max(1);
+        let mut shares: Vec<Vec<(usize, ArrowColumnWriter)>> =
+            (0..n).map(|_| Vec::new()).collect();
+        for (leaf, w) in writers.into_iter().enumerate() {
+            shares[leaf % n].push((leaf, w));
+        }
+        let chunks =
+            std::thread::scope(|scope| -> Result<Vec<(usize, ArrowColumnChunk)>> {
+                let mut senders = Vec::with_capacity(n);
+                let mut handles = Vec::with_capacity(n);
+                for share in shares {
+                    let (send, leaves) =
+                        std::sync::mpsc::sync_channel::<Arc<Vec<ArrowLeafColumn>>>(2);
+                    senders.push(send);
+                    handles.push(scope.spawn(move || {
+                        let mut share = share;
+                        for batch in leaves {
+                            for (leaf, w) in &mut share {
+                                w.write(&batch[*leaf])?;
+                            }
+                        }
+                        share
+                            .into_iter()
+                            .map(|(leaf, w)| w.close().map(|chunk| (leaf, chunk)))
+                            .collect::<datafusion::parquet::errors::Result<Vec<_>>>()
+                    }));
+                }
+                let mut rows = 0;
+                let fed = (|| -> Result<()> {
+                    while rows < max_rows {
+                        let batch = match carried.take() {
+                            Some(b) => b,
+                            None => match receive.next() {
+                                Some(b) => b?,
+                                None => break,
+                            },
+                        };
+                        let take = batch.num_rows().min(max_rows - rows);
+                        if take < batch.num_rows() {
+                            carried = Some(batch.slice(take, batch.num_rows() - take));
+                        }
+                        let batch = batch.slice(0, take);
+                        rows += take;
+                        let mut leaves = Vec::with_capacity(batch.num_columns());
+                        for (field, column) in schema.fields().iter().zip(batch.columns())
+                        {
+                            leaves.extend(compute_leaves(field, column).map_err(failed)?);
+                        }
+                        let leaves = Arc::new(leaves);
+                        for send in &senders {
+                            // An encoder that stopped has an error, reported below.
+                            if send.send(leaves.clone()).is_err() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Ok(())
+                })();
+                drop(senders);
+                let mut chunks = Vec::new();
+                for handle in handles {
+                    let encoded = handle.join().map_err(|_| {
+                        Error::Internal("a Parquet encoder thread panicked".into())
+                    })?;
+                    chunks.extend(encoded.map_err(failed)?);
+                }
+                fed?;
+                chunks.sort_by_key(|(leaf, _)| *leaf);
+                Ok(chunks)
+            })?;
+        let mut row_group = file.next_row_group().map_err(failed)?;
+        for (_, chunk) in chunks {
+            chunk.append_to_row_group(&mut row_group).map_err(failed)?;
+        }
+        row_group.close().map_err(failed)?;
+        group += 1;
+    }
+    file.close().map_err(failed)?;
+    Ok(())
 }
 
 /// Categorises the Parquet file `input` with a saved model and writes it,
@@ -334,4 +441,80 @@ fn check_schema(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::StringArray;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use datafusion::parquet::file::properties::WriterProperties;
+
+    fn batch(schema: &SchemaRef, start: usize, rows: usize) -> RecordBatch {
+        let ids: Vec<i32> = (start..start + rows).map(|i| i as i32).collect();
+        let names: Vec<String> = ids.iter().map(|i| format!("p{}", i % 3)).collect();
+        let x: Vec<f64> = ids.iter().map(|&i| f64::from(i) * 0.5).collect();
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int32Array::from(ids)),
+            Arc::new(StringArray::from(names)),
+            Arc::new(Float64Array::from(x)),
+        ];
+        RecordBatch::try_new(schema.clone(), columns).unwrap()
+    }
+
+    #[test]
+    fn parallel_encoding_splits_row_groups_in_order() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("x", DataType::Float64, false),
+        ]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.parquet");
+        let props =
+            WriterProperties::builder().set_max_row_group_row_count(Some(7)).build();
+        let file = std::fs::File::create(&path).unwrap();
+        let writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+        // Batches of 5, 5, 0, 5 and 3 rows: row groups of 7, 7 and 4.
+        let (send, receive) = std::sync::mpsc::sync_channel(8);
+        let mut start = 0;
+        for rows in [5, 5, 0, 5, 3] {
+            send.send(Ok(batch(&schema, start, rows))).unwrap();
+            start += rows;
+        }
+        drop(send);
+        encode_in_parallel(writer, &schema, receive, &path).unwrap();
+
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())
+                .unwrap();
+        let groups: Vec<i64> =
+            reader.metadata().row_groups().iter().map(|g| g.num_rows()).collect();
+        assert_eq!(groups, vec![7, 7, 4]);
+        let read: Vec<RecordBatch> =
+            reader.build().unwrap().map(|b| b.unwrap()).collect();
+        let all = datafusion::arrow::compute::concat_batches(&schema, &read).unwrap();
+        assert_eq!(all, batch(&schema, 0, 18));
+    }
+
+    #[test]
+    fn parallel_encoding_reports_a_failed_batch() {
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.parquet");
+        let file = std::fs::File::create(&path).unwrap();
+        let writer = ArrowWriter::try_new(file, schema.clone(), None).unwrap();
+        let (send, receive) = std::sync::mpsc::sync_channel(2);
+        let ok = RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef],
+        )
+        .unwrap();
+        send.send(Ok(ok)).unwrap();
+        send.send(Err(Error::input("in.parquet", "the input broke"))).unwrap();
+        drop(send);
+        let err = encode_in_parallel(writer, &schema, receive, &path).unwrap_err();
+        assert_eq!(err.to_string(), "input in.parquet: the input broke");
+    }
 }
