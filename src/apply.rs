@@ -208,9 +208,8 @@ pub fn write_categorised(
         .map_err(|e| Error::output(path, e.to_string()))?;
 
     // A reader thread decodes the next input batches and categorises them
-    // while this one hands their columns to the encoders and writes the
-    // encoded row groups. The bounded channel keeps at most two batches
-    // waiting.
+    // while this one hands their columns to the encoders. The bounded
+    // channel keeps at most two batches waiting.
     std::thread::scope(|scope| {
         let (send, receive) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
         let batch_schema = schema.clone();
@@ -244,34 +243,84 @@ const ENCODERS: usize = 2;
 /// Writes the batches of `receive` with `writer`, whose schema is
 /// `schema`, and closes it. Encoding takes most of the time of the apply
 /// stage, so the columns of each row group are shared out among
-/// [`ENCODERS`] threads. This thread writes the encoded row groups in
-/// order.
+/// [`ENCODERS`] threads, and one more thread appends the encoded row
+/// groups to the file in order.
 fn encode_in_parallel(
     writer: ArrowWriter<std::fs::File>,
     schema: &SchemaRef,
     receive: std::sync::mpsc::Receiver<Result<RecordBatch>>,
     path: &Path,
 ) -> Result<()> {
-    use datafusion::parquet::arrow::arrow_writer::{
-        ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, compute_leaves,
-    };
+    use datafusion::parquet::arrow::arrow_writer::ArrowColumnChunk;
     let failed =
         |e: datafusion::parquet::errors::ParquetError| Error::output(path, e.to_string());
     let (mut file, factory) = writer.into_serialized_writer().map_err(failed)?;
     let max_rows =
         file.properties().max_row_group_row_count().unwrap_or(usize::MAX).max(1);
+    let n = ENCODERS.min(file.schema_descr().num_columns()).max(1);
+    let encoder_of = encoder_of_leaf(file.schema_descr(), n);
+    std::thread::scope(|scope| {
+        // A writer thread appends each encoded row group to the file while
+        // the encoders start on the next one.
+        let (send_group, groups) =
+            std::sync::mpsc::sync_channel::<Vec<(usize, ArrowColumnChunk)>>(1);
+        let writing = scope.spawn(move || -> Result<()> {
+            for chunks in groups {
+                let mut row_group = file.next_row_group().map_err(failed)?;
+                for (_, chunk) in chunks {
+                    chunk.append_to_row_group(&mut row_group).map_err(failed)?;
+                }
+                row_group.close().map_err(failed)?;
+            }
+            file.close().map_err(failed)?;
+            Ok(())
+        });
+        let encoded = encode_row_groups(
+            &factory,
+            schema,
+            receive,
+            max_rows,
+            &encoder_of,
+            &send_group,
+            &failed,
+        );
+        drop(send_group);
+        let written = writing
+            .join()
+            .map_err(|_| Error::Internal("the Parquet writer thread panicked".into()))?;
+        // A failed writer stops the encoding without an error of its own.
+        encoded.and(written)
+    })
+}
+
+/// Encodes the batches of `receive` in row groups of `max_rows` rows, leaf
+/// column `i` on encoder thread `encoder_of[i]`, and sends the column
+/// chunks of each row group, in leaf order, to `send_group`.
+fn encode_row_groups(
+    factory: &datafusion::parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
+    schema: &SchemaRef,
+    receive: std::sync::mpsc::Receiver<Result<RecordBatch>>,
+    max_rows: usize,
+    encoder_of: &[usize],
+    send_group: &std::sync::mpsc::SyncSender<
+        Vec<(usize, datafusion::parquet::arrow::arrow_writer::ArrowColumnChunk)>,
+    >,
+    failed: &dyn Fn(datafusion::parquet::errors::ParquetError) -> Error,
+) -> Result<()> {
+    use datafusion::parquet::arrow::arrow_writer::{
+        ArrowColumnChunk, ArrowColumnWriter, ArrowLeafColumn, compute_leaves,
+    };
+    let n = encoder_of.iter().max().map_or(1, |e| e + 1);
     let mut receive = receive.into_iter().peekable();
     let mut group = 0;
     // A batch that straddles two row groups leaves its tail for the next.
     let mut carried: Option<RecordBatch> = None;
     while carried.is_some() || receive.peek().is_some() {
         let writers = factory.create_column_writers(group).map_err(failed)?;
-        // Leaf columns go to the encoders in turn: leaf i to encoder i % n.
-        let n = ENCODERS.min(writers.len()).max(1);
         let mut shares: Vec<Vec<(usize, ArrowColumnWriter)>> =
             (0..n).map(|_| Vec::new()).collect();
         for (leaf, w) in writers.into_iter().enumerate() {
-            shares[leaf % n].push((leaf, w));
+            shares[encoder_of[leaf]].push((leaf, w));
         }
         let chunks =
             std::thread::scope(|scope| -> Result<Vec<(usize, ArrowColumnChunk)>> {
@@ -337,14 +386,11 @@ fn encode_in_parallel(
                 chunks.sort_by_key(|(leaf, _)| *leaf);
                 Ok(chunks)
             })?;
-        let mut row_group = file.next_row_group().map_err(failed)?;
-        for (_, chunk) in chunks {
-            chunk.append_to_row_group(&mut row_group).map_err(failed)?;
+        if send_group.send(chunks).is_err() {
+            return Ok(());
         }
-        row_group.close().map_err(failed)?;
         group += 1;
     }
-    file.close().map_err(failed)?;
     Ok(())
 }
 
@@ -443,6 +489,37 @@ fn check_schema(
     Ok(())
 }
 
+/// Shares the leaf columns of `schema` out among `encoders` encoders and
+/// returns the encoder of each leaf. Each leaf, the costliest first, goes
+/// to the encoder with the least work so far. Byte arrays (strings) count
+/// 4, because their dictionary hashes and compares bytes, 8-byte numbers 2
+/// and the others 1.
+fn encoder_of_leaf(
+    schema: &datafusion::parquet::schema::types::SchemaDescriptor,
+    encoders: usize,
+) -> Vec<usize> {
+    use datafusion::parquet::basic::Type;
+    let costs: Vec<usize> = schema
+        .columns()
+        .iter()
+        .map(|c| match c.physical_type() {
+            Type::BYTE_ARRAY | Type::FIXED_LEN_BYTE_ARRAY => 4,
+            Type::DOUBLE | Type::INT64 | Type::INT96 => 2,
+            _ => 1,
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..costs.len()).collect();
+    order.sort_by_key(|&leaf| std::cmp::Reverse(costs[leaf]));
+    let mut load = vec![0; encoders.max(1)];
+    let mut encoder_of = vec![0; costs.len()];
+    for leaf in order {
+        let least = (0..load.len()).min_by_key(|&e| load[e]).unwrap_or(0);
+        encoder_of[leaf] = least;
+        load[least] += costs[leaf];
+    }
+    encoder_of
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,6 +572,23 @@ mod tests {
             reader.build().unwrap().map(|b| b.unwrap()).collect();
         let all = datafusion::arrow::compute::concat_batches(&schema, &read).unwrap();
         assert_eq!(all, batch(&schema, 0, 18));
+    }
+
+    #[test]
+    fn strings_get_an_encoder_of_their_own() {
+        let schema = Schema::new(vec![
+            Field::new("process", DataType::Utf8, false),
+            Field::new("score", DataType::Float64, false),
+            Field::new("weight", DataType::Float64, false),
+            Field::new("category", DataType::Int32, true),
+        ]);
+        let parquet = datafusion::parquet::arrow::ArrowSchemaConverter::new()
+            .convert(&schema)
+            .unwrap();
+        // Costs 4, 2, 2, 1: the string alone, then the two floats together,
+        // then the category with the string (loads 5 and 4).
+        assert_eq!(encoder_of_leaf(&parquet, 2), vec![0, 1, 1, 0]);
+        assert_eq!(encoder_of_leaf(&parquet, 1), vec![0, 0, 0, 0]);
     }
 
     #[test]
