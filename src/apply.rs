@@ -241,10 +241,11 @@ pub fn write_categorised(
 const ENCODERS: usize = 2;
 
 /// Writes the batches of `receive` with `writer`, whose schema is
-/// `schema`, and closes it. Encoding takes most of the time of the apply
-/// stage, so the columns of each row group are shared out among
-/// [`ENCODERS`] threads, and one more thread appends the encoded row
-/// groups to the file in order.
+/// `schema`, and closes it.
+///
+/// Encoding takes most of the time of the apply stage, so the columns of
+/// each row group are shared out among [`ENCODERS`] threads. One more
+/// thread appends the encoded row groups to the file in order.
 fn encode_in_parallel(
     writer: ArrowWriter<std::fs::File>,
     schema: &SchemaRef,
@@ -293,9 +294,9 @@ fn encode_in_parallel(
     })
 }
 
-/// Encodes the batches of `receive` in row groups of `max_rows` rows, leaf
-/// column `i` on encoder thread `encoder_of[i]`, and sends the column
-/// chunks of each row group, in leaf order, to `send_group`.
+/// Encodes the batches of `receive` in row groups of `max_rows` rows, with
+/// leaf column `i` on encoder thread `encoder_of[i]`. Sends the column
+/// chunks of each row group to `send_group`, in leaf order.
 fn encode_row_groups(
     factory: &datafusion::parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
     schema: &SchemaRef,

@@ -111,6 +111,11 @@ pub fn refine(
     low: f64,
     high: f64,
 ) -> Result<bool> {
+    // The search needs one signal, so skip the passes over the events
+    // where it cannot run.
+    if pipeline.signal_indices().len() != 1 {
+        return Ok(false);
+    }
     let (lo, hi) = pipeline.model.ranges[0];
     let mut bins = Bins::uniform(lo, hi, START_BINS);
     let dense_limit =
@@ -132,11 +137,9 @@ pub fn refine(
         bins = finer;
         (cells, counts) = cells_of(pipeline, events, &bins, &[])?;
     }
-    let Some(sorted) = SortedEvents::from_entries(pipeline, cells) else {
+    if !refine_entries(pipeline, cells, cuts, low, high, None) {
         return Ok(false);
-    };
-    sorted.refine(cuts, low, high);
-    drop(sorted);
+    }
     let crowded_limit = WINDOW_EVENTS / cuts.len().max(1) / CROWDED_FRACTION;
     for round in 0..WINDOW_ROUNDS {
         // Where the cut's bins are too full for a window of several bins,
@@ -153,22 +156,20 @@ pub fn refine(
             bins = finer;
             let cells;
             (cells, counts) = cells_of(pipeline, events, &bins, &[])?;
-            let Some(sorted) = SortedEvents::from_entries(pipeline, cells) else {
+            if !refine_entries(pipeline, cells, cuts, low, high, None) {
                 return Ok(false);
-            };
-            sorted.refine(cuts, low, high);
+            }
         }
         let windows = cut_windows(&bins, cuts, &counts, WINDOW_EVENTS);
         let (mixed, _) = cells_of(pipeline, events, &bins, &windows)?;
-        let Some(sorted) = SortedEvents::from_entries(pipeline, mixed) else {
-            return Ok(false);
-        };
         // Within its window a cut falls between events read one by one, or
         // between such an event and a whole bin, so the yields that the
         // search computes are exact. Outside, a cut between two cells would
-        // split a bin's events differently from what the cells say.
+        // split a bin's events differently from what the cells assume.
         let bounds = window_bounds(&bins, cuts, &windows);
-        sorted.refine_within(cuts, low, high, Some(&bounds));
+        if !refine_entries(pipeline, mixed, cuts, low, high, Some(&bounds)) {
+            return Ok(false);
+        }
         let inside = cuts_inside(&bins, cuts, &windows);
         tracing::debug!(round, inside, windows = windows.len(), "refined in windows");
         if inside {
@@ -176,6 +177,26 @@ pub fn refine(
         }
     }
     Ok(true)
+}
+
+/// Refines `cuts` on `entries` of (value, weight, is signal), within
+/// `bounds` when given. Returns `false` where [`SortedEvents`] cannot
+/// refine them.
+fn refine_entries(
+    pipeline: &Pipeline,
+    entries: Vec<(f64, f64, bool)>,
+    cuts: &mut [f64],
+    low: f64,
+    high: f64,
+    bounds: Option<&[(f64, f64)]>,
+) -> bool {
+    match SortedEvents::from_entries(pipeline, entries) {
+        Some(sorted) => {
+            sorted.refine_within(cuts, low, high, bounds);
+            true
+        }
+        None => false,
+    }
 }
 
 /// Returns the events whose bin lies in one of `windows` one by one, and

@@ -1050,6 +1050,18 @@ fn write_columns(path: &Path, process_first: bool, columns: &[(&str, ArrayRef, b
     writer.close().unwrap();
 }
 
+fn f64s(values: &[f64]) -> ArrayRef {
+    Arc::new(Float64Array::from(values.to_vec()))
+}
+
+/// Returns a temporary directory and the paths `a.parquet` and
+/// `b.parquet` in it.
+fn two_files() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
+    (dir, a, b)
+}
+
 fn two_file_pipeline(a: &Path, b: &Path) -> String {
     write_file_pipeline(a, "SELECT score, weight FROM events").replace(
         &format!("[\"{}\"]", a.display()),
@@ -1059,9 +1071,7 @@ fn two_file_pipeline(a: &Path, b: &Path) -> String {
 
 #[test]
 fn inputs_may_differ_in_column_order_and_nullability() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
-    let f64s = |v: &[f64]| -> ArrayRef { Arc::new(Float64Array::from(v.to_vec())) };
+    let (_dir, a, b) = two_files();
     write_columns(
         &a,
         true,
@@ -1092,9 +1102,7 @@ fn inputs_may_differ_in_column_order_and_nullability() {
 
 #[test]
 fn error_inputs_with_other_columns_name_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("a.parquet"), dir.path().join("b.parquet"));
-    let f64s = |v: &[f64]| -> ArrayRef { Arc::new(Float64Array::from(v.to_vec())) };
+    let (_dir, a, b) = two_files();
     write_columns(
         &a,
         true,

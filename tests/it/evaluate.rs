@@ -100,7 +100,8 @@ fn refine_within_bounds_finds_best_inside() {
     let bounds = if free[0] > 0.5 { (0.2, 0.4) } else { (0.6, 0.8) };
     let mut cuts = [0.5 * (bounds.0 + bounds.1)];
     let z = sorted.refine_within(&mut cuts, 0.0, 1.0, Some(&[bounds]));
-    assert!(bounds.0 <= cuts[0] && cuts[0] <= bounds.1, "{} outside {bounds:?}", cuts[0]);
+    assert!(bounds.0 <= cuts[0], "{} below {bounds:?}", cuts[0]);
+    assert!(cuts[0] <= bounds.1, "{} above {bounds:?}", cuts[0]);
     let mut xs = events.discriminants[0].clone();
     xs.sort_by(f64::total_cmp);
     let best = xs

@@ -111,28 +111,39 @@ fn kill_during_run_keeps_last_outputs() {
     assert_outputs_whole(dir.path(), 80_000);
 }
 
-#[test]
-fn interrupt_removes_temporary_files() {
-    let dir = tempfile::tempdir().unwrap();
-    let tmp = dir.path().join("tmp");
+/// Starts `gato run` on a generated 1D toy with the events on disk and
+/// endless training, with `$TMPDIR` set to `dir/tmp`, which it returns.
+fn start_disk_run(
+    dir: &Path,
+    signal: usize,
+    background: usize,
+    memory_limit: &str,
+) -> (std::path::PathBuf, std::process::Child) {
+    let tmp = dir.join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     let text = format!(
-        "name: interrupt\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 20000, \
-         background: 60000 }}\n{}selection:\n  sql: SELECT score, weight FROM events\n  \
+        "name: interrupt\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: {signal}, \
+         background: {background} }}\n{}selection:\n  sql: SELECT score, weight FROM events\n  \
          discriminants: [score]\n  events: disk\nmodel:\n  kind: sigmoid\n  \
          categories: [3]\ntraining:\n  epochs: 100000\noutput: out\n",
         toy_1d_processes("toy")
     );
-    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
-
+    std::fs::write(dir.join("pipeline.yaml"), text).unwrap();
     let child = Command::new(gato_bin())
-        .args(["-q", "run", "pipeline.yaml"])
+        .args(["-q", "run", "--memory-limit", memory_limit, "pipeline.yaml"])
         .env("TMPDIR", &tmp)
-        .current_dir(dir.path())
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    (tmp, child)
+}
+
+#[test]
+fn interrupt_removes_temporary_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tmp, child) = start_disk_run(dir.path(), 20_000, 60_000, "4096");
     // Wait for the staging directory: by then the events are on disk.
     let staging = dir.path().join("out/.gato-staging");
     let started = std::time::Instant::now();
@@ -170,26 +181,8 @@ fn interrupt_removes_temporary_files() {
 #[test]
 fn interrupt_during_spilling_sort_removes_spill_files() {
     let dir = tempfile::tempdir().unwrap();
-    let tmp = dir.path().join("tmp");
-    std::fs::create_dir(&tmp).unwrap();
     // 2M events take more than the sort's 32 MiB under a 64 MiB budget.
-    let text = format!(
-        "name: spill\nsources:\n  toy:\n    generator: {{ kind: toy-1d, signal: 500000, \
-         background: 1500000 }}\n{}selection:\n  sql: SELECT score, weight FROM events\n  \
-         discriminants: [score]\n  events: disk\nmodel:\n  kind: sigmoid\n  \
-         categories: [3]\ntraining:\n  epochs: 100000\noutput: out\n",
-        toy_1d_processes("toy")
-    );
-    std::fs::write(dir.path().join("pipeline.yaml"), text).unwrap();
-
-    let mut child = Command::new(gato_bin())
-        .args(["-q", "run", "--memory-limit", "64", "pipeline.yaml"])
-        .env("TMPDIR", &tmp)
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (tmp, mut child) = start_disk_run(dir.path(), 500_000, 1_500_000, "64");
     // Files of DataFusion's sort lie in gato-spill-*/datafusion-*/.
     let spilled = || -> bool {
         let Ok(entries) = std::fs::read_dir(&tmp) else { return false };
