@@ -5,6 +5,7 @@
 //! renamed into place when complete, so a reader sees either no file or a
 //! whole one. Inputs are only read.
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int32Array};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::{ArrowWriter, ProjectionMask};
 
 use crate::config::InputKind;
 use crate::error::{Error, Result};
@@ -91,19 +92,23 @@ pub fn apply(
         let ranges = events.input_ranges(index as u32);
         let block = (BLOCK_EVENTS / ranges.len().max(1)).clamp(1 << 12, 1 << 16);
         let mut runs: Vec<Run> = ranges.into_iter().map(|r| Run::new(r, block)).collect();
-        write_categorised(
-            sources.read(index)?,
-            &sources.raw_schema(index),
-            &label,
-            &path,
-            |batch, first| {
-                let mut slots = vec![0u32; batch.num_rows()];
-                for run in &mut runs {
-                    run.place(first as u64, &mut slots, &mut reader, &assign)?;
-                }
-                Ok(slots.into_iter().map(|v| (v > 0).then(|| (v - 1) as i32)).collect())
-            },
-        )?;
+        let categorise = |first: usize, rows: usize| {
+            let mut slots = vec![0u32; rows];
+            for run in &mut runs {
+                run.place(first as u64, &mut slots, &mut reader, &assign)?;
+            }
+            Ok(slots.into_iter().map(|v| (v > 0).then(|| (v - 1) as i32)).collect())
+        };
+        match sources.local_file(index) {
+            Some(file) => copy_categorised(file, &label, &path, categorise)?,
+            None => write_categorised(
+                sources.read(index)?,
+                &sources.raw_schema(index),
+                &label,
+                &path,
+                categorise,
+            )?,
+        }
         if !runs.iter().all(Run::finished) {
             return Err(Error::Internal(format!(
                 "selected events of {label} have rows past the input's last row"
@@ -177,19 +182,10 @@ impl Run {
     }
 }
 
-/// Writes every batch of `batches` with a `category` column appended to
-/// `path`, atomically.
-///
-/// `categorise` returns the categories of a batch given the batch and the
-/// number of rows before it. `label` names the input in errors.
-pub fn write_categorised(
-    batches: BatchIter,
-    raw: &SchemaRef,
-    label: &str,
-    path: &Path,
-    mut categorise: impl FnMut(&RecordBatch, usize) -> Result<Int32Array> + Send,
-) -> Result<()> {
-    if raw.field_with_name(CATEGORY_COLUMN).is_ok() {
+/// Fails when `schema`, the schema of the input `label`, already has the
+/// column that the apply stage appends.
+fn check_no_category(schema: &Schema, label: &str) -> Result<()> {
+    if schema.field_with_name(CATEGORY_COLUMN).is_ok() {
         return Err(Error::input(
             label,
             format!(
@@ -198,6 +194,23 @@ pub fn write_categorised(
             ),
         ));
     }
+    Ok(())
+}
+
+/// Writes every batch of `batches` with a `category` column appended to
+/// `path`, atomically.
+///
+/// `categorise(first, rows)` returns the categories of the `rows` rows
+/// after the first `first` rows; it is called for consecutive ranges from
+/// row 0 on. `label` names the input in errors.
+pub fn write_categorised(
+    batches: BatchIter,
+    raw: &SchemaRef,
+    label: &str,
+    path: &Path,
+    mut categorise: impl FnMut(usize, usize) -> Result<Int32Array> + Send,
+) -> Result<()> {
+    check_no_category(raw, label)?;
     let mut fields: Vec<Field> =
         raw.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new(CATEGORY_COLUMN, DataType::Int32, true));
@@ -217,7 +230,7 @@ pub fn write_categorised(
             let mut row = 0usize;
             for batch in batches {
                 let out = batch.and_then(|batch| {
-                    let column = categorise(&batch, row)?;
+                    let column = categorise(row, batch.num_rows())?;
                     row += batch.num_rows();
                     let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
                     columns.push(Arc::new(column));
@@ -235,6 +248,225 @@ pub fn write_categorised(
         encode_in_parallel(writer, &schema, receive, path)
     })?;
     crate::atomic::persist(temp, path)
+}
+
+/// Rows of the `category` column produced at a time by the copying apply.
+const CATEGORY_PIECE_ROWS: usize = 65_536;
+
+/// Copies the Parquet file `input` to `path` with a `category` column
+/// appended, atomically.
+///
+/// The input's column chunks are copied byte for byte, with their
+/// encodings, compression, statistics and page indexes, and its row
+/// groups and key-value metadata are kept; only the `category` column is
+/// encoded, with the input's compression. `categorise` is as for
+/// [`write_categorised`] and runs on a thread of its own while the columns
+/// are copied. `label` names the input in errors.
+pub fn copy_categorised(
+    input: &Path,
+    label: &str,
+    path: &Path,
+    mut categorise: impl FnMut(usize, usize) -> Result<Int32Array> + Send,
+) -> Result<()> {
+    use datafusion::parquet::arrow::arrow_reader::{
+        ArrowReaderMetadata, ArrowReaderOptions,
+    };
+    use datafusion::parquet::file::metadata::PageIndexPolicy;
+    use datafusion::parquet::file::writer::SerializedFileWriter;
+
+    let file = std::fs::File::open(input)
+        .map_err(|e| Error::input(label, format!("cannot open: {e}")))?;
+    let options =
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
+    let metadata = ArrowReaderMetadata::load(&file, options).map_err(|e| {
+        Error::input(
+            label,
+            format!(
+                "not a readable Parquet file ({e}); check that it is complete Parquet"
+            ),
+        )
+    })?;
+    check_no_category(metadata.schema(), label)?;
+    let parquet = metadata.metadata();
+    let (root, props) = copy_layout(parquet, metadata.schema())
+        .map_err(|e| Error::output(path, format!("cannot describe the output: {e}")))?;
+    let groups: Vec<usize> =
+        parquet.row_groups().iter().map(|g| g.num_rows().max(0) as usize).collect();
+
+    let temp = crate::atomic::temp_file_for(path)?;
+    let out = temp.reopen().map_err(|e| Error::output(temp.path(), e.to_string()))?;
+    let failed =
+        |e: datafusion::parquet::errors::ParquetError| Error::output(path, e.to_string());
+    let mut writer = SerializedFileWriter::new(out, root, props).map_err(failed)?;
+    std::thread::scope(|scope| -> Result<()> {
+        // The categories of the next rows are computed while the columns
+        // are copied; the bounded channel holds a few pieces.
+        let (send, pieces) = std::sync::mpsc::sync_channel::<Result<Int32Array>>(4);
+        let sizes = &groups;
+        scope.spawn(move || {
+            let mut first = 0;
+            for &rows in sizes {
+                let end = first + rows;
+                while first < end {
+                    let n = (end - first).min(CATEGORY_PIECE_ROWS);
+                    let piece = categorise(first, n);
+                    let stop = piece.is_err();
+                    // The receiver is gone when writing failed.
+                    if send.send(piece).is_err() || stop {
+                        return;
+                    }
+                    first += n;
+                }
+            }
+        });
+        for (g, group) in parquet.row_groups().iter().enumerate() {
+            let mut row_group = writer.next_row_group().map_err(failed)?;
+            for (c, chunk) in group.columns().iter().enumerate() {
+                let copied = copied_chunk(&file, parquet, g, c)
+                    .and_then(|close| row_group.append_column(&file, close));
+                copied.map_err(|e| {
+                    Error::output(
+                        path,
+                        format!(
+                            "cannot copy column `{}` of row group {g} from {label}: {e}",
+                            chunk.column_path()
+                        ),
+                    )
+                })?;
+            }
+            let mut column =
+                row_group.next_column().map_err(failed)?.ok_or_else(|| {
+                    Error::Internal("the output has no category column".into())
+                })?;
+            let typed = column.typed::<datafusion::parquet::data_type::Int32Type>();
+            let mut left = groups[g];
+            let (mut values, mut levels) = (Vec::new(), Vec::new());
+            while left > 0 {
+                let piece = pieces.recv().map_err(|_| {
+                    Error::Internal("the categories ended before the rows".into())
+                })??;
+                if piece.is_empty() || piece.len() > left {
+                    return Err(Error::Internal(format!(
+                        "{} categories for {left} rows",
+                        piece.len()
+                    )));
+                }
+                values.clear();
+                levels.clear();
+                for category in piece.iter() {
+                    levels.push(i16::from(category.is_some()));
+                    values.extend(category);
+                }
+                typed.write_batch(&values, Some(&levels), None).map_err(failed)?;
+                left -= piece.len();
+            }
+            column.close().map_err(failed)?;
+            row_group.close().map_err(failed)?;
+        }
+        writer.close().map_err(failed)?;
+        Ok(())
+    })?;
+    crate::atomic::persist(temp, path)
+}
+
+/// The Parquet schema and writer properties of a copy of the file
+/// described by `parquet`, whose Arrow schema is `arrow`, with the
+/// `category` column appended.
+///
+/// The copied leaves keep their exact Parquet types, so that their column
+/// chunks can be copied as they are. The key-value metadata is the
+/// input's, with the Arrow schema replaced by one that lists `category`.
+fn copy_layout(
+    parquet: &datafusion::parquet::file::metadata::ParquetMetaData,
+    arrow: &Schema,
+) -> datafusion::parquet::errors::Result<(
+    datafusion::parquet::schema::types::TypePtr,
+    Arc<datafusion::parquet::file::properties::WriterProperties>,
+)> {
+    use datafusion::parquet::arrow::{ARROW_SCHEMA_META_KEY, encode_arrow_schema};
+    use datafusion::parquet::basic::{Repetition, Type as PhysicalType};
+    use datafusion::parquet::file::metadata::KeyValue;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::parquet::schema::types::{ColumnPath, Type};
+
+    let input_root = parquet.file_metadata().schema_descr().root_schema();
+    let mut fields = input_root.get_fields().to_vec();
+    fields.push(Arc::new(
+        Type::primitive_type_builder(CATEGORY_COLUMN, PhysicalType::INT32)
+            .with_repetition(Repetition::OPTIONAL)
+            .build()?,
+    ));
+    let root = Type::group_type_builder(input_root.name()).with_fields(fields).build()?;
+
+    let mut with_category: Vec<Field> =
+        arrow.fields().iter().map(|f| f.as_ref().clone()).collect();
+    with_category.push(Field::new(CATEGORY_COLUMN, DataType::Int32, true));
+    let with_category =
+        Schema::new_with_metadata(with_category, arrow.metadata().clone());
+    let mut metadata: Vec<KeyValue> = parquet
+        .file_metadata()
+        .key_value_metadata()
+        .into_iter()
+        .flatten()
+        .filter(|kv| kv.key != ARROW_SCHEMA_META_KEY)
+        .cloned()
+        .collect();
+    metadata.push(KeyValue::new(
+        ARROW_SCHEMA_META_KEY.to_string(),
+        encode_arrow_schema(&with_category),
+    ));
+
+    let groups = parquet.row_groups();
+    let mut props = WriterProperties::builder().set_key_value_metadata(Some(metadata));
+    if let Some(chunk) = groups.first().and_then(|g| g.columns().first()) {
+        props = props.set_column_compression(
+            ColumnPath::from(CATEGORY_COLUMN),
+            chunk.compression_codec().into(),
+        );
+    }
+    // Row groups sorted alike stay declared sorted; `category` comes last,
+    // so the column numbers still hold.
+    let sorting = groups.first().and_then(|g| g.sorting_columns().cloned());
+    if sorting.is_some() && groups.iter().all(|g| g.sorting_columns() == sorting.as_ref())
+    {
+        props = props.set_sorting_columns(sorting);
+    }
+    Ok((Arc::new(root), Arc::new(props.build())))
+}
+
+/// The column chunk `column` of row group `group` of `file`, described by
+/// `parquet`, ready to be appended to a row group as it is, with its bloom
+/// filter if it has one.
+fn copied_chunk(
+    file: &std::fs::File,
+    parquet: &datafusion::parquet::file::metadata::ParquetMetaData,
+    group: usize,
+    column: usize,
+) -> datafusion::parquet::errors::Result<
+    datafusion::parquet::column::writer::ColumnCloseResult,
+> {
+    use datafusion::parquet::bloom_filter::Sbbf;
+    use datafusion::parquet::file::page_index::column_index::ColumnIndexMetaData;
+    let row_group = parquet.row_group(group);
+    let chunk = row_group.column(column);
+    let column_index = parquet
+        .column_index()
+        .and_then(|index| index.get(group)?.get(column).cloned())
+        .filter(|index| !matches!(index, ColumnIndexMetaData::NONE));
+    let offset_index =
+        parquet.offset_index().and_then(|index| index.get(group)?.get(column).cloned());
+    let bloom_filter = match chunk.bloom_filter_offset() {
+        Some(_) => Sbbf::read_from_column_chunk(chunk, file)?,
+        None => None,
+    };
+    Ok(datafusion::parquet::column::writer::ColumnCloseResult {
+        bytes_written: chunk.compressed_size().max(0) as u64,
+        rows_written: row_group.num_rows().max(0) as u64,
+        metadata: chunk.clone(),
+        bloom_filter,
+        column_index,
+        offset_index,
+    })
 }
 
 /// Threads that encode the columns of a row group.
@@ -414,40 +646,74 @@ pub fn apply_model(
             "is the input file; choose another output directory",
         ));
     }
-    let (schema, batches) = crate::source::read_parquet_file(input)?;
-    check_schema(saved, input, &schema)?;
+    let builder = crate::source::parquet_reader(input)?;
+    check_schema(saved, input, builder.schema())?;
+    // Only the discriminants are decoded; the other columns are copied.
+    let roots = saved
+        .discriminants
+        .iter()
+        .map(|name| builder.schema().index_of(name))
+        .collect::<std::result::Result<Vec<usize>, _>>()
+        .map_err(|e| Error::Internal(format!("discriminant column: {e}")))?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let mut batches = builder
+        .with_projection(mask)
+        .with_batch_size(crate::source::READ_BATCH_ROWS)
+        .build()
+        .map_err(|e| Error::input(input, format!("cannot read as Parquet: {e}")))?;
     let model = saved.model();
     let (mut rows, mut missing) = (0usize, 0usize);
+    let mut pending: VecDeque<Option<i32>> = VecDeque::new();
     let label = input.display().to_string();
-    write_categorised(batches, &schema, &label, output, |batch, _| {
-        let mut columns = Vec::with_capacity(saved.discriminants.len());
-        for name in &saved.discriminants {
-            let array = batch.column_by_name(name).ok_or_else(|| {
-                Error::Internal(format!("column {name} missing from a batch"))
-            })?;
-            let array = cast(array, &DataType::Float64).map_err(|e| {
-                Error::input(input, format!("cannot convert `{name}` to float64: {e}"))
-            })?;
-            let array =
-                array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(
-                    || Error::Internal("cast to Float64 gave another type".into()),
-                )?;
-            columns.push(
-                (0..batch.num_rows())
-                    .map(|i| if array.is_null(i) { f64::NAN } else { array.value(i) })
-                    .collect::<Vec<f64>>(),
-            );
-        }
-        let assign = model.assign(&saved.parameters, &columns);
-        let categories: Int32Array = (0..batch.num_rows())
-            .map(|i| {
+    copy_categorised(input, &label, output, |_, n| {
+        while pending.len() < n {
+            let batch = batches
+                .next()
+                .ok_or_else(|| {
+                    Error::input(
+                        input,
+                        "has fewer rows than its footer says; the file may be truncated",
+                    )
+                })?
+                .map_err(|e| {
+                    Error::input(
+                        input,
+                        format!(
+                            "cannot read Parquet data ({e}); the file may be truncated"
+                        ),
+                    )
+                })?;
+            let mut columns = Vec::with_capacity(saved.discriminants.len());
+            for name in &saved.discriminants {
+                let array = batch.column_by_name(name).ok_or_else(|| {
+                    Error::Internal(format!("column {name} missing from a batch"))
+                })?;
+                let array = cast(array, &DataType::Float64).map_err(|e| {
+                    Error::input(
+                        input,
+                        format!("cannot convert `{name}` to float64: {e}"),
+                    )
+                })?;
+                let array =
+                    array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(
+                        || Error::Internal("cast to Float64 gave another type".into()),
+                    )?;
+                columns.push(
+                    (0..batch.num_rows())
+                        .map(|i| if array.is_null(i) { f64::NAN } else { array.value(i) })
+                        .collect::<Vec<f64>>(),
+                );
+            }
+            let assign = model.assign(&saved.parameters, &columns);
+            pending.extend((0..batch.num_rows()).map(|i| {
                 let finite = columns.iter().all(|c| c[i].is_finite());
                 finite.then_some(assign[i] as i32)
-            })
-            .collect();
-        rows += batch.num_rows();
-        missing += categories.null_count();
-        Ok(categories)
+            }));
+        }
+        let piece: Int32Array = pending.drain(..n).collect();
+        rows += n;
+        missing += piece.null_count();
+        Ok(piece)
     })?;
     Ok((rows, missing))
 }
@@ -611,5 +877,248 @@ mod tests {
         drop(send);
         let err = encode_in_parallel(writer, &schema, receive, &path).unwrap_err();
         assert_eq!(err.to_string(), "input in.parquet: the input broke");
+    }
+    /// Writes 18 rows of `batch` in row groups of 7, with zstd, a bloom
+    /// filter on `name`, sorting columns and key-value metadata.
+    fn copy_input(path: &Path) -> SchemaRef {
+        use datafusion::parquet::basic::{Compression, ZstdLevel};
+        use datafusion::parquet::file::metadata::{KeyValue, SortingColumn};
+        use datafusion::parquet::schema::types::ColumnPath;
+        let schema: SchemaRef = Arc::new(Schema::new_with_metadata(
+            vec![
+                Field::new("id", DataType::Int32, false),
+                Field::new("name", DataType::Utf8, false),
+                Field::new("x", DataType::Float64, false),
+            ],
+            [("origin".to_string(), "unit test".to_string())].into(),
+        ));
+        let sorted =
+            SortingColumn { column_idx: 0, descending: false, nulls_first: false };
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(7))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap()))
+            .set_column_bloom_filter_enabled(ColumnPath::from("name"), true)
+            .set_sorting_columns(Some(vec![sorted]))
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                "producer".to_string(),
+                "gato tests".to_string(),
+            )]))
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+        writer.write(&batch(&schema, 0, 10)).unwrap();
+        writer.write(&batch(&schema, 10, 8)).unwrap();
+        writer.close().unwrap();
+        schema
+    }
+
+    /// The category of row `row` in the copy tests: null for every fifth.
+    fn test_category(row: usize) -> Option<i32> {
+        (row % 5 != 0).then_some((row % 3) as i32)
+    }
+
+    #[test]
+    fn copy_keeps_the_input_chunks_and_appends_categories() {
+        use datafusion::parquet::arrow::arrow_reader::{
+            ArrowReaderMetadata, ArrowReaderOptions,
+        };
+        use datafusion::parquet::basic::Compression;
+        use datafusion::parquet::file::metadata::PageIndexPolicy;
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let output = dir.path().join("out.parquet");
+        let schema = copy_input(&input);
+        let before = std::fs::read(&input).unwrap();
+        let mut calls = Vec::new();
+        copy_categorised(&input, "in.parquet", &output, |first, rows| {
+            calls.push((first, rows));
+            Ok((first..first + rows).map(test_category).collect())
+        })
+        .unwrap();
+        // One call per row group, since each is smaller than a piece.
+        assert_eq!(calls, [(0, 7), (7, 7), (14, 4)]);
+        assert_eq!(std::fs::read(&input).unwrap(), before, "the input changed");
+
+        let options =
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+        let file = std::fs::File::open(&output).unwrap();
+        let metadata = ArrowReaderMetadata::load(&file, options).unwrap();
+        let parquet = metadata.metadata();
+        let groups: Vec<i64> =
+            parquet.row_groups().iter().map(|g| g.num_rows()).collect();
+        assert_eq!(groups, [7, 7, 4]);
+        let input_file = std::fs::File::open(&input).unwrap();
+        let input_parquet = ArrowReaderMetadata::load(
+            &input_file,
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required),
+        )
+        .unwrap();
+        for (g, group) in parquet.row_groups().iter().enumerate() {
+            assert_eq!(group.num_columns(), 4);
+            assert_eq!(group.sorting_columns().map(|s| s[0].column_idx), Some(0));
+            for (c, chunk) in group.columns().iter().enumerate() {
+                assert!(matches!(
+                    Compression::from(chunk.compression_codec()),
+                    Compression::ZSTD(_)
+                ));
+                // The offset index points at this file's pages.
+                let first_page = &parquet.offset_index().unwrap()[g][c].page_locations[0];
+                assert_eq!(
+                    first_page.offset,
+                    chunk.data_page_offset(),
+                    "group {g} column {c}"
+                );
+                if c < 3 {
+                    let source = input_parquet.metadata().row_group(g).column(c);
+                    assert_eq!(chunk.compressed_size(), source.compressed_size());
+                    assert_eq!(chunk.statistics(), source.statistics());
+                    let read = |f: &std::fs::File, m: &datafusion::parquet::file::metadata::ColumnChunkMetaData| {
+                        use datafusion::parquet::file::reader::ChunkReader;
+                        let start = m.dictionary_page_offset().unwrap_or(m.data_page_offset());
+                        f.get_bytes(start as u64, m.compressed_size() as usize).unwrap()
+                    };
+                    assert_eq!(
+                        read(&file, chunk),
+                        read(&input_file, source),
+                        "group {g} column {c}"
+                    );
+                }
+            }
+            let name = group.column(1);
+            let bloom = datafusion::parquet::bloom_filter::Sbbf::read_from_column_chunk(
+                name, &file,
+            )
+            .unwrap()
+            .expect("the bloom filter of `name` is copied");
+            assert!(bloom.check(&"p1"));
+        }
+        let kv = parquet.file_metadata().key_value_metadata().unwrap();
+        assert!(kv.iter().any(|kv| kv.key == "producer"));
+
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let read_schema = reader.schema().clone();
+        assert_eq!(
+            read_schema.metadata().get("origin").map(String::as_str),
+            Some("unit test")
+        );
+        assert_eq!(
+            read_schema.field(3),
+            &Field::new(CATEGORY_COLUMN, DataType::Int32, true)
+        );
+        let read: Vec<RecordBatch> =
+            reader.build().unwrap().map(|b| b.unwrap()).collect();
+        let all =
+            datafusion::arrow::compute::concat_batches(&read_schema, &read).unwrap();
+        let expected = batch(&schema, 0, 18);
+        for c in 0..3 {
+            assert_eq!(all.column(c), expected.column(c));
+        }
+        let categories: Vec<Option<i32>> =
+            all.column(3).as_any().downcast_ref::<Int32Array>().unwrap().iter().collect();
+        let wanted: Vec<Option<i32>> = (0..18).map(test_category).collect();
+        assert_eq!(categories, wanted);
+    }
+
+    #[test]
+    fn copy_splits_large_row_groups_into_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let output = dir.path().join("out.parquet");
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("id", DataType::Int32, false)]));
+        let rows = CATEGORY_PIECE_ROWS + 10;
+        let ids = Int32Array::from_iter_values(0..rows as i32);
+        let file = std::fs::File::create(&input).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), None).unwrap();
+        writer
+            .write(
+                &RecordBatch::try_new(schema, vec![Arc::new(ids) as ArrayRef]).unwrap(),
+            )
+            .unwrap();
+        writer.close().unwrap();
+        let mut calls = Vec::new();
+        copy_categorised(&input, "in.parquet", &output, |first, n| {
+            calls.push((first, n));
+            Ok((first..first + n).map(test_category).collect())
+        })
+        .unwrap();
+        assert_eq!(calls, [(0, CATEGORY_PIECE_ROWS), (CATEGORY_PIECE_ROWS, 10)]);
+        let reader = ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&output).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(reader.metadata().num_row_groups(), 1);
+        let mut row = 0;
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let category = batch.column(1).as_any().downcast_ref::<Int32Array>().unwrap();
+            for value in category.iter() {
+                assert_eq!(value, test_category(row), "row {row}");
+                row += 1;
+            }
+        }
+        assert_eq!(row, rows);
+    }
+
+    #[test]
+    fn copy_of_an_empty_file_has_the_category_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let output = dir.path().join("out.parquet");
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, true)]));
+        let file = std::fs::File::create(&input).unwrap();
+        ArrowWriter::try_new(file, schema, None).unwrap().close().unwrap();
+        copy_categorised(&input, "in.parquet", &output, |_, _| {
+            panic!("no rows to categorise")
+        })
+        .unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(
+            std::fs::File::open(&output).unwrap(),
+        )
+        .unwrap();
+        let names: Vec<&str> =
+            reader.schema().fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["x", CATEGORY_COLUMN]);
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 0);
+    }
+
+    #[test]
+    fn failed_copy_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let output = dir.path().join("out.parquet");
+        copy_input(&input);
+        let err = copy_categorised(&input, "in.parquet", &output, |first, rows| {
+            if first > 0 {
+                return Err(Error::input("events", "the event store broke"));
+            }
+            Ok((first..first + rows).map(test_category).collect())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "input events: the event store broke");
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, ["in.parquet"]);
+    }
+
+    #[test]
+    fn copy_refuses_an_input_with_a_category_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("category", DataType::Int32, true)]));
+        let file = std::fs::File::create(&input).unwrap();
+        ArrowWriter::try_new(file, schema, None).unwrap().close().unwrap();
+        let err = copy_categorised(
+            &input,
+            "in.parquet",
+            &dir.path().join("out.parquet"),
+            |_, _| panic!("no rows to categorise"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("already has a column `category`"), "{err}");
     }
 }

@@ -38,7 +38,7 @@ pub const ROW_COLUMN: &str = "_gato_row";
 pub const HIDDEN_COLUMNS: [&str; 3] = [PROCESS_INDEX_COLUMN, INPUT_COLUMN, ROW_COLUMN];
 
 /// Rows per batch when reading Parquet.
-const READ_BATCH_ROWS: usize = 65_536;
+pub(crate) const READ_BATCH_ROWS: usize = 65_536;
 
 /// An iterator over the raw record batches of one input, in file order.
 pub type BatchIter = Box<dyn Iterator<Item = Result<RecordBatch>> + Send>;
