@@ -257,9 +257,9 @@ const CATEGORY_PIECE_ROWS: usize = 65_536;
 /// appended, atomically.
 ///
 /// The input's column chunks are copied byte for byte, with their
-/// encodings, compression, statistics and page indexes, and its row
-/// groups and key-value metadata are kept; only the `category` column is
-/// encoded, with the input's compression. `categorise` is as for
+/// encodings, compression, statistics, page indexes and bloom filters.
+/// The row groups and key-value metadata stay as they are. Only the
+/// `category` column is encoded, with the input's compression. `categorise` is as for
 /// [`write_categorised`] and runs on a thread of its own while the columns
 /// are copied. `label` names the input in errors.
 pub fn copy_categorised(
@@ -300,7 +300,7 @@ pub fn copy_categorised(
     let mut writer = SerializedFileWriter::new(out, root, props).map_err(failed)?;
     std::thread::scope(|scope| -> Result<()> {
         // The categories of the next rows are computed while the columns
-        // are copied; the bounded channel holds a few pieces.
+        // are copied. The bounded channel buffers at most four pieces.
         let (send, pieces) = std::sync::mpsc::sync_channel::<Result<Int32Array>>(4);
         let sizes = &groups;
         scope.spawn(move || {
@@ -369,7 +369,7 @@ pub fn copy_categorised(
     crate::atomic::persist(temp, path)
 }
 
-/// The Parquet schema and writer properties of a copy of the file
+/// Returns the Parquet schema and writer properties of a copy of the file
 /// described by `parquet`, whose Arrow schema is `arrow`, with the
 /// `category` column appended.
 ///
@@ -434,7 +434,7 @@ fn copy_layout(
     Ok((Arc::new(root), Arc::new(props.build())))
 }
 
-/// The column chunk `column` of row group `group` of `file`, described by
+/// Returns the column chunk `column` of row group `group` of `file`, described by
 /// `parquet`, ready to be appended to a row group as it is, with its bloom
 /// filter if it has one.
 fn copied_chunk(
@@ -912,13 +912,14 @@ mod tests {
         schema
     }
 
-    /// The category of row `row` in the copy tests: null for every fifth.
+    /// Returns the category of row `row` in the copy tests, null for every
+    /// fifth row.
     fn test_category(row: usize) -> Option<i32> {
         (row % 5 != 0).then_some((row % 3) as i32)
     }
 
     #[test]
-    fn copy_keeps_the_input_chunks_and_appends_categories() {
+    fn copy_keeps_chunks_and_appends_categories() {
         use datafusion::parquet::arrow::arrow_reader::{
             ArrowReaderMetadata, ArrowReaderOptions,
         };
@@ -1020,7 +1021,7 @@ mod tests {
     }
 
     #[test]
-    fn copy_splits_large_row_groups_into_pieces() {
+    fn copy_splits_large_row_groups() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.parquet");
         let output = dir.path().join("out.parquet");
@@ -1036,6 +1037,7 @@ mod tests {
             )
             .unwrap();
         writer.close().unwrap();
+
         let mut calls = Vec::new();
         copy_categorised(&input, "in.parquet", &output, |first, n| {
             calls.push((first, n));
@@ -1043,11 +1045,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(calls, [(0, CATEGORY_PIECE_ROWS), (CATEGORY_PIECE_ROWS, 10)]);
+
         let reader = ParquetRecordBatchReaderBuilder::try_new(
             std::fs::File::open(&output).unwrap(),
         )
         .unwrap();
         assert_eq!(reader.metadata().num_row_groups(), 1);
+
         let mut row = 0;
         for batch in reader.build().unwrap() {
             let batch = batch.unwrap();
@@ -1061,7 +1065,7 @@ mod tests {
     }
 
     #[test]
-    fn copy_of_an_empty_file_has_the_category_column() {
+    fn empty_copy_has_category_column() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.parquet");
         let output = dir.path().join("out.parquet");
@@ -1105,7 +1109,7 @@ mod tests {
     }
 
     #[test]
-    fn copy_refuses_an_input_with_a_category_column() {
+    fn copy_rejects_input_with_category() {
         let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("in.parquet");
         let schema: SchemaRef =
