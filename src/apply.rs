@@ -276,16 +276,29 @@ pub fn copy_categorised(
 
     let file = std::fs::File::open(input)
         .map_err(|e| Error::input(label, format!("cannot open: {e}")))?;
-    let options =
-        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
-    let metadata = ArrowReaderMetadata::load(&file, options).map_err(|e| {
-        Error::input(
-            label,
-            format!(
-                "not a readable Parquet file ({e}); check that it is complete Parquet"
-            ),
-        )
-    })?;
+    let load = |policy| {
+        let options = ArrowReaderOptions::new().with_page_index_policy(policy);
+        ArrowReaderMetadata::load(&file, options)
+    };
+    // A damaged page index only costs the copy its index.
+    let metadata = load(PageIndexPolicy::Optional)
+        .or_else(|damaged| {
+            let metadata = load(PageIndexPolicy::Skip)?;
+            tracing::warn!(
+                input = label,
+                error = %damaged,
+                "cannot read the page index; the copy is written without one"
+            );
+            Ok(metadata)
+        })
+        .map_err(|e: datafusion::parquet::errors::ParquetError| {
+            Error::input(
+                label,
+                format!(
+                    "not a readable Parquet file ({e}); check that it is complete Parquet"
+                ),
+            )
+        })?;
     check_no_category(metadata.schema(), label)?;
     let parquet = metadata.metadata();
     let (root, props) = copy_layout(parquet, metadata.schema())
@@ -322,15 +335,20 @@ pub fn copy_categorised(
         for (g, group) in parquet.row_groups().iter().enumerate() {
             let mut row_group = writer.next_row_group().map_err(failed)?;
             for (c, chunk) in group.columns().iter().enumerate() {
-                let copied = copied_chunk(&file, parquet, g, c)
-                    .and_then(|close| row_group.append_column(&file, close));
-                copied.map_err(|e| {
+                let column = chunk.column_path().string();
+                let close = copied_chunk(&file, parquet, g, c).map_err(|e| {
+                    Error::input(
+                        label,
+                        format!(
+                            "column `{column}` of row group {g} is damaged ({e}); repair or \
+                             rewrite the file"
+                        ),
+                    )
+                })?;
+                row_group.append_column(&file, close).map_err(|e| {
                     Error::output(
                         path,
-                        format!(
-                            "cannot copy column `{}` of row group {g} from {label}: {e}",
-                            chunk.column_path()
-                        ),
+                        format!("cannot copy column `{column}` of row group {g}: {e}"),
                     )
                 })?;
             }
@@ -386,7 +404,7 @@ fn copy_layout(
     use datafusion::parquet::arrow::{ARROW_SCHEMA_META_KEY, encode_arrow_schema};
     use datafusion::parquet::basic::{Repetition, Type as PhysicalType};
     use datafusion::parquet::file::metadata::KeyValue;
-    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
     use datafusion::parquet::schema::types::{ColumnPath, Type};
 
     let input_root = parquet.file_metadata().schema_descr().root_schema();
@@ -418,13 +436,20 @@ fn copy_layout(
 
     let groups = parquet.row_groups();
     let mut props = WriterProperties::builder().set_key_value_metadata(Some(metadata));
+    // The writer needs an offset index for every column chunk or for none.
+    // The reader keeps the input's only when every chunk has one.
+    if parquet.offset_index().is_none() {
+        props = props
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_offset_index_disabled(true);
+    }
     if let Some(chunk) = groups.first().and_then(|g| g.columns().first()) {
         props = props.set_column_compression(
             ColumnPath::from(CATEGORY_COLUMN),
             chunk.compression_codec().into(),
         );
     }
-    // Row groups sorted alike stay declared sorted; `category` comes last,
+    // Row groups sorted alike stay declared sorted. `category` comes last,
     // so the column numbers still hold.
     let sorting = groups.first().and_then(|g| g.sorting_columns().cloned());
     if sorting.is_some() && groups.iter().all(|g| g.sorting_columns() == sorting.as_ref())
@@ -455,8 +480,18 @@ fn copied_chunk(
         .filter(|index| !matches!(index, ColumnIndexMetaData::NONE));
     let offset_index =
         parquet.offset_index().and_then(|index| index.get(group)?.get(column).cloned());
+    check_pages(file, chunk, row_group.num_rows().max(0) as usize)?;
+    // The bloom filter only speeds up reading, so a damaged one is dropped.
     let bloom_filter = match chunk.bloom_filter_offset() {
-        Some(_) => Sbbf::read_from_column_chunk(chunk, file)?,
+        Some(_) => Sbbf::read_from_column_chunk(chunk, file).unwrap_or_else(|e| {
+            tracing::warn!(
+                column = %chunk.column_path().string(),
+                row_group = group,
+                error = %e,
+                "cannot read the bloom filter; the copy is written without it"
+            );
+            None
+        }),
         None => None,
     };
     Ok(datafusion::parquet::column::writer::ColumnCloseResult {
@@ -467,6 +502,38 @@ fn copied_chunk(
         column_index,
         offset_index,
     })
+}
+
+/// Reads the page headers of the column chunk `chunk` of `file`, whose row
+/// group has `rows` rows, and fails unless they fill the chunk exactly and
+/// count its values.
+///
+/// The pages themselves are copied unread, so this is what finds a chunk
+/// that is truncated or whose headers are damaged.
+fn check_pages(
+    file: &std::fs::File,
+    chunk: &datafusion::parquet::file::metadata::ColumnChunkMetaData,
+    rows: usize,
+) -> datafusion::parquet::errors::Result<()> {
+    use datafusion::parquet::column::page::PageReader;
+    use datafusion::parquet::errors::ParquetError;
+    use datafusion::parquet::file::serialized_reader::SerializedPageReader;
+    let reader = Arc::new(file.try_clone()?);
+    let mut pages = SerializedPageReader::new(reader, chunk, rows, None)?;
+    let mut values = 0usize;
+    while let Some(page) = pages.peek_next_page()? {
+        if !page.is_dict {
+            values += page.num_levels.unwrap_or(0);
+        }
+        pages.skip_next_page()?;
+    }
+    let expected = chunk.num_values().max(0) as usize;
+    if values != expected {
+        return Err(ParquetError::General(format!(
+            "its pages hold {values} values, its metadata {expected}"
+        )));
+    }
+    Ok(())
 }
 
 /// Threads that encode the columns of a row group.
@@ -638,14 +705,7 @@ pub fn apply_model(
     input: &Path,
     output: &Path,
 ) -> Result<(usize, usize)> {
-    let same =
-        output.canonicalize().ok().is_some_and(|p| Some(p) == input.canonicalize().ok());
-    if same {
-        return Err(Error::output(
-            output,
-            "is the input file; choose another output directory",
-        ));
-    }
+    check_not_input(input, output)?;
     let builder = crate::source::parquet_reader(input)?;
     check_schema(saved, input, builder.schema())?;
     // Only the discriminants are decoded; the other columns are copied.
@@ -718,6 +778,19 @@ pub fn apply_model(
     Ok((rows, missing))
 }
 
+/// Fails when `output` is the file `input`.
+pub fn check_not_input(input: &Path, output: &Path) -> Result<()> {
+    let same =
+        output.canonicalize().ok().is_some_and(|p| Some(p) == input.canonicalize().ok());
+    if same {
+        return Err(Error::output(
+            output,
+            "is the input file; choose another output directory",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks, from the Parquet footer alone, that `input` has the model's
 /// discriminant columns as numbers.
 pub fn check_model_columns(saved: &SavedModel, input: &Path) -> Result<()> {
@@ -743,7 +816,11 @@ fn check_schema(
                 ),
             )
         })?;
-        if !field.data_type().is_numeric() {
+        let numeric = match field.data_type() {
+            DataType::Dictionary(_, values) => values.is_numeric(),
+            other => other.is_numeric(),
+        };
+        if !numeric {
             return Err(Error::input(
                 input,
                 format!(
@@ -1124,5 +1201,141 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("already has a column `category`"), "{err}");
+    }
+
+    /// Writes 18 rows of `batch` in row groups of 7 with `props`, without
+    /// compression or dictionaries, so that page bytes are easy to find.
+    fn plain_input(path: &Path, props: WriterProperties) -> SchemaRef {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("x", DataType::Float64, false),
+        ]));
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(props)).unwrap();
+        writer.write(&batch(&schema, 0, 18)).unwrap();
+        writer.close().unwrap();
+        schema
+    }
+
+    fn plain_props() -> datafusion::parquet::file::properties::WriterPropertiesBuilder {
+        WriterProperties::builder()
+            .set_max_row_group_row_count(Some(7))
+            .set_dictionary_enabled(false)
+    }
+
+    /// Overwrites `length` bytes of `path` from `offset` with `byte`.
+    fn damage(path: &Path, offset: u64, length: usize, byte: u8) {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.seek(SeekFrom::Start(offset)).unwrap();
+        file.write_all(&vec![byte; length]).unwrap();
+    }
+
+    fn metadata_of(
+        path: &Path,
+    ) -> Arc<datafusion::parquet::file::metadata::ParquetMetaData> {
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+            .unwrap()
+            .metadata()
+            .clone()
+    }
+
+    fn categories_of(path: &Path) -> Vec<Option<i32>> {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+                .unwrap();
+        let mut out = Vec::new();
+        for batch in reader.build().unwrap() {
+            let batch = batch.unwrap();
+            let column = batch.column_by_name(CATEGORY_COLUMN).unwrap();
+            out.extend(column.as_any().downcast_ref::<Int32Array>().unwrap().iter());
+        }
+        out
+    }
+
+    fn copy_test_categories(input: &Path, output: &Path) -> Result<()> {
+        copy_categorised(input, "in.parquet", output, |first, rows| {
+            Ok((first..first + rows).map(test_category).collect())
+        })
+    }
+
+    #[test]
+    fn copy_without_page_index() {
+        use datafusion::parquet::file::properties::EnabledStatistics;
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let output = dir.path().join("out.parquet");
+        let props = plain_props()
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_offset_index_disabled(true)
+            .build();
+        plain_input(&input, props);
+        assert!(
+            metadata_of(&input).row_group(0).column(0).offset_index_offset().is_none()
+        );
+
+        copy_test_categories(&input, &output).unwrap();
+
+        let copied = metadata_of(&output);
+        for column in copied.row_group(0).columns() {
+            assert!(column.offset_index_offset().is_none(), "{}", column.column_path());
+        }
+        let wanted: Vec<Option<i32>> = (0..18).map(test_category).collect();
+        assert_eq!(categories_of(&output), wanted);
+    }
+
+    #[test]
+    fn copy_rejects_damaged_page_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let output = dir.path().join("out.parquet");
+        plain_input(&input, plain_props().build());
+        let name = metadata_of(&input).row_group(1).column(1).clone();
+        damage(&input, name.data_page_offset() as u64, 6, 0xff);
+
+        let err = copy_test_categories(&input, &output).unwrap_err().to_string();
+        assert!(
+            err.starts_with("input in.parquet: column `name` of row group 1 is damaged"),
+            "{err}"
+        );
+        assert!(!output.exists());
+    }
+
+    #[test]
+    fn copy_drops_damaged_page_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let output = dir.path().join("out.parquet");
+        plain_input(&input, plain_props().build());
+        let x = metadata_of(&input).row_group(0).column(2).clone();
+        let start = x.column_index_offset().unwrap() as u64;
+        damage(&input, start, x.column_index_length().unwrap() as usize, 0xfe);
+
+        copy_test_categories(&input, &output).unwrap();
+
+        let copied = metadata_of(&output);
+        assert!(copied.row_group(0).column(2).column_index_offset().is_none());
+        let wanted: Vec<Option<i32>> = (0..18).map(test_category).collect();
+        assert_eq!(categories_of(&output), wanted);
+    }
+
+    #[test]
+    fn copy_drops_damaged_bloom_filter() {
+        use datafusion::parquet::schema::types::ColumnPath;
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.parquet");
+        let output = dir.path().join("out.parquet");
+        let props =
+            plain_props().set_column_bloom_filter_enabled(ColumnPath::from("name"), true);
+        plain_input(&input, props.build());
+        let name = metadata_of(&input).row_group(0).column(1).clone();
+        damage(&input, name.bloom_filter_offset().unwrap() as u64, 4, 0xff);
+
+        copy_test_categories(&input, &output).unwrap();
+
+        let copied = metadata_of(&output);
+        assert!(copied.row_group(0).column(1).bloom_filter_offset().is_none());
+        assert!(copied.row_group(1).column(1).bloom_filter_offset().is_some());
     }
 }

@@ -98,7 +98,7 @@ enum Command {
     /// Write a built-in toy sample to a Parquet file.
     ///
     /// Columns: process, weight, and score (toy-1d) or score_signal1,
-    /// score_signal2, score_bkg (three-class).
+    /// score_signal2, score_bkg (three-class), plus mass (resonance).
     Generate {
         /// Which toy.
         kind: ToyKind,
@@ -112,7 +112,8 @@ enum Command {
         #[arg(long, value_name = "N")]
         signal: Option<usize>,
         /// Background events in total, split by cross-section (default
-        /// 300000 for toy-1d, 500000 for three-class).
+        /// 300000 for toy-1d, 500000 for three-class, 1000000 for
+        /// resonance).
         #[arg(long, value_name = "N")]
         background: Option<usize>,
         /// Replace FILE if it exists.
@@ -285,21 +286,24 @@ fn apply_all(
     out: &std::path::Path,
     overwrite: bool,
 ) -> anyhow::Result<()> {
-    // Every input is checked before the first output is written.
+    // Every input and output is checked before the first output is written.
+    let mut outputs: Vec<PathBuf> = Vec::with_capacity(inputs.len());
     for input in inputs {
         gato::apply::check_model_columns(saved, input)?;
-    }
-    for input in inputs {
         let name = input
             .file_name()
             .with_context(|| format!("{} names no file", input.display()))?;
         let output = out.join(name);
+        gato::apply::check_not_input(input, &output)?;
         if output.exists() && !overwrite {
             anyhow::bail!(
                 "{} already exists; pass --overwrite to replace it or choose another --out",
                 output.display()
             );
         }
+        outputs.push(output);
+    }
+    for (input, output) in inputs.iter().zip(outputs) {
         let (rows, missing) = gato::apply::apply_model(saved, input, &output)?;
         println!(
             "{} -> {} ({rows} rows, {missing} without a category)",

@@ -474,6 +474,44 @@ fn cli_apply_rejects_other_version_and_missing_column() {
         "{stderr}"
     );
     assert!(stderr.contains("do not match the parameters"), "{stderr}");
+
+    // Two inputs of one file name would share an output: rejected before
+    // anything is written.
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    std::fs::copy(
+        dir.path().join("sample.parquet"),
+        dir.path().join("other/sample.parquet"),
+    )
+    .unwrap();
+    let model = "out/sigmoid_k3/model.json";
+    let out = gato(
+        &[
+            "apply",
+            "--model",
+            model,
+            "--out",
+            "d",
+            "sample.parquet",
+            "other/sample.parquet",
+        ],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "two inputs are named sample.parquet; their outputs in d would collide"
+        ),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("d").exists());
+
+    // An output that is the input is named as such, not as an existing file.
+    let out =
+        gato(&["apply", "--model", model, "--out", ".", "sample.parquet"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is the input file"), "{stderr}");
 }
 
 /// Files the run would replace: an input inside a run directory, or a run

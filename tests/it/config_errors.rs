@@ -9,6 +9,7 @@ use gato::datafusion::arrow::array::{ArrayRef, Float64Array, StringArray};
 use gato::datafusion::arrow::datatypes::{DataType, Field, Schema};
 use gato::datafusion::arrow::record_batch::RecordBatch;
 use gato::datafusion::parquet::arrow::ArrowWriter;
+use gato::datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use gato::source::Sources;
 
 const BASE: &str = "\
@@ -53,6 +54,8 @@ fn write_file_pipeline(path: &Path, sql: &str) -> String {
     )
 }
 
+/// Writes the columns `process`, `score` and `weight` to `path` without a
+/// page index, as pyarrow and pandas write Parquet by default.
 pub(crate) fn write_parquet(
     path: &Path,
     process: &[&str],
@@ -70,8 +73,13 @@ pub(crate) fn write_parquet(
         Arc::new(Float64Array::from(weight.to_vec())),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let props = WriterProperties::builder()
+        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_offset_index_disabled(true)
+        .build();
     let mut writer =
-        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, None).unwrap();
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props))
+            .unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 }
