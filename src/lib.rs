@@ -34,6 +34,7 @@ pub mod significance;
 pub mod source;
 pub mod store;
 pub mod toy;
+pub mod warnings;
 
 pub use burn;
 pub use datafusion;

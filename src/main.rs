@@ -8,6 +8,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gato::config::{GeneratorKind, Pipeline};
 use gato::run::{RunOptions, run_pipeline};
 use gato::toy::ToySpec;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Learn event categories that maximise the expected significance.
 #[derive(Parser)]
@@ -336,9 +340,10 @@ fn init_logging(quiet: bool, verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("gato={level}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let terminal = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter(filter);
+    let collector = gato::warnings::Collector.with_filter(LevelFilter::WARN);
+    tracing_subscriber::registry().with(terminal).with(collector).init();
 }

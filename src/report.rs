@@ -52,6 +52,9 @@ pub struct Summary {
     /// stage, in MiB (Linux only).
     #[serde(default)]
     pub peak_rss_mib: Option<f64>,
+    /// Warnings logged during the run, in order.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Reads the peak resident memory of this process (VmHWM) in MiB; `None`

@@ -599,6 +599,7 @@ fn optimise_and_write(
         report: pipeline.report.clone(),
         timings_s: timings,
         peak_rss_mib: crate::report::peak_rss_mib(),
+        warnings: crate::warnings::recorded(),
     };
     drop(staging_guard);
     publish(&output, &staging, &summary, options.overwrite)?;

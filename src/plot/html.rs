@@ -191,6 +191,13 @@ pub(super) fn page(
         apply = summary.timings_s.apply,
         total = summary.timings_s.total,
     );
+    if !summary.warnings.is_empty() {
+        out.push_str("<h2>Warnings</h2>\n<ul>\n");
+        for warning in &summary.warnings {
+            let _ = writeln!(out, "<li>{}</li>", esc(warning));
+        }
+        out.push_str("</ul>\n");
+    }
     out.push_str("<h2>Processes</h2>\n<table><tr><th class=\"l\">process</th><th class=\"l\">role</th><th>events</th><th>yield</th></tr>\n");
     for p in &summary.processes {
         let _ = writeln!(
