@@ -694,17 +694,24 @@ fn encode_row_groups(
     Ok(())
 }
 
+/// Row counts of one file categorised by [`apply_model`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Rows of the file.
+    pub rows: usize,
+    /// Rows left without a category.
+    pub uncategorised: usize,
+    /// Per discriminant, rows with a finite value outside the model's
+    /// range; they are in the first or last category.
+    pub outside_range: Vec<usize>,
+}
+
 /// Categorises the Parquet file `input` with a saved model and writes it,
 /// with the `category` column, to `output`.
 ///
 /// The model's discriminant columns must be numeric columns of the file.
-/// Rows where one of them is null, NaN or ±inf get a null category. Returns
-/// the number of rows and of rows left without a category.
-pub fn apply_model(
-    saved: &SavedModel,
-    input: &Path,
-    output: &Path,
-) -> Result<(usize, usize)> {
+/// Rows where one of them is null, NaN or ±inf get a null category.
+pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<Applied> {
     check_not_input(input, output)?;
     let builder = crate::source::parquet_reader(input)?;
     check_schema(saved, input, builder.schema())?;
@@ -722,7 +729,11 @@ pub fn apply_model(
         .build()
         .map_err(|e| Error::input(input, format!("cannot read as Parquet: {e}")))?;
     let model = saved.model();
-    let (mut rows, mut missing) = (0usize, 0usize);
+    let mut applied = Applied {
+        rows: 0,
+        uncategorised: 0,
+        outside_range: vec![0; saved.discriminants.len()],
+    };
     let mut pending: VecDeque<Option<i32>> = VecDeque::new();
     let label = input.display().to_string();
     copy_categorised(input, &label, output, |_, n| {
@@ -765,17 +776,25 @@ pub fn apply_model(
                 );
             }
             let assign = model.assign(&saved.parameters, &columns);
+            for ((outside, column), [low, high]) in
+                applied.outside_range.iter_mut().zip(&columns).zip(&saved.ranges)
+            {
+                *outside += column
+                    .iter()
+                    .filter(|x| x.is_finite() && (**x < *low || **x > *high))
+                    .count();
+            }
             pending.extend((0..batch.num_rows()).map(|i| {
                 let finite = columns.iter().all(|c| c[i].is_finite());
                 finite.then_some(assign[i] as i32)
             }));
         }
         let piece: Int32Array = pending.drain(..n).collect();
-        rows += n;
-        missing += piece.null_count();
+        applied.rows += n;
+        applied.uncategorised += piece.null_count();
         Ok(piece)
     })?;
-    Ok((rows, missing))
+    Ok(applied)
 }
 
 /// Fails when `output` is the file `input`.

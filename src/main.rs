@@ -308,12 +308,24 @@ fn apply_all(
         outputs.push(output);
     }
     for (input, output) in inputs.iter().zip(outputs) {
-        let (rows, missing) = gato::apply::apply_model(saved, input, &output)?;
+        let applied = gato::apply::apply_model(saved, input, &output)?;
         println!(
-            "{} -> {} ({rows} rows, {missing} without a category)",
+            "{} -> {} ({} rows, {} without a category)",
             input.display(),
-            output.display()
+            output.display(),
+            applied.rows,
+            applied.uncategorised
         );
+        let ranges = saved.discriminants.iter().zip(&saved.ranges);
+        for ((name, [low, high]), &outside) in ranges.zip(&applied.outside_range) {
+            if outside > 0 {
+                tracing::warn!(
+                    "{}: {outside} rows have `{name}` outside the model's range [{low}, \
+                     {high}]; they are in the first or last category",
+                    input.display()
+                );
+            }
+        }
     }
     Ok(())
 }

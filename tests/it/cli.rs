@@ -506,6 +506,40 @@ fn cli_apply_rejects_other_version_and_missing_column() {
     );
     assert!(!dir.path().join("d").exists());
 
+    // Scores outside the model's range [0, 1] are counted and categorised;
+    // a NaN score gets no category.
+    let odd = dir.path().join("odd.parquet");
+    crate::config_errors::write_parquet(
+        &odd,
+        &["signal", "bkg1", "bkg1", "bkg1"],
+        &[-0.5, 0.5, 1.5, f64::NAN],
+        &[1.0; 4],
+    );
+    let out = gato(&["apply", "--model", model, "--out", "e", "odd.parquet"], dir.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(4 rows, 1 without a category)"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 rows have `score` outside the model's range [0, 1]"),
+        "{stderr}"
+    );
+    let categories: Vec<Option<i32>> = read_parquet(&dir.path().join("e/odd.parquet"))
+        .iter()
+        .flat_map(|b| {
+            let column = b.column_by_name("category").unwrap();
+            column
+                .as_any()
+                .downcast_ref::<Int32Array>()
+                .unwrap()
+                .iter()
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(categories[0], Some(0));
+    assert_eq!(categories[2], Some(2));
+    assert_eq!(categories[3], None);
+
     // An output that is the input is named as such, not as an existing file.
     let out =
         gato(&["apply", "--model", model, "--out", ".", "sample.parquet"], dir.path());
