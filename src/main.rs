@@ -63,18 +63,21 @@ enum Command {
     /// Writes one file per input into DIR, named like the input, with every
     /// row and column plus `category`. The model's discriminant columns
     /// (listed in its model.json) must be in each input; rows where one is
-    /// null, NaN or infinite get a null category.
+    /// null, NaN or infinite get a null category. The model, the inputs and
+    /// DIR may be s3:// or gs:// URLs. Objects are copied to a temporary
+    /// directory first, and outputs are uploaded when all are written.
     Apply {
         /// model.json of a run (OUT/<model>_k<K>/model.json).
         #[arg(long, value_name = "FILE")]
         model: PathBuf,
-        /// Output directory.
+        /// Output directory, or an s3:// or gs:// prefix.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
         /// Replace existing output files.
         #[arg(long)]
         overwrite: bool,
-        /// Parquet files to categorise.
+        /// Parquet files to categorise. The key of an s3:// or gs:// URL
+        /// may contain a glob pattern.
         #[arg(required = true, value_name = "INPUT")]
         inputs: Vec<PathBuf>,
     },
@@ -192,33 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Apply { model, out, overwrite, inputs } => {
-            let named = [("--model", &model), ("--out", &out)]
-                .into_iter()
-                .chain(inputs.iter().map(|i| ("input", i)));
-            for (option, path) in named {
-                local_only("gato apply", option, path)?;
-            }
-            let saved = gato::model::SavedModel::load(&model)?;
-            let mut names: Vec<_> = inputs.iter().filter_map(|i| i.file_name()).collect();
-            names.sort();
-            if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-                anyhow::bail!(
-                    "two inputs are named {}; their outputs in {} would collide, so apply \
-                     them in separate calls with different --out",
-                    w[0].to_string_lossy(),
-                    out.display()
-                );
-            }
-            // A directory made here is removed again if nothing was written.
-            let created = !out.exists();
-            std::fs::create_dir_all(&out).with_context(|| {
-                format!("cannot create the output directory {}", out.display())
-            })?;
-            let result = apply_all(&saved, &inputs, &out, overwrite);
-            if result.is_err() && created {
-                let _ = std::fs::remove_dir(&out);
-            }
-            result
+            apply_command(&model, &out, &inputs, overwrite)
         }
         Command::Report { output } => {
             let files = gato::plot::draw_report(&output)?;
@@ -283,36 +260,170 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Categorises each input with `saved` into `out`.
-fn apply_all(
-    saved: &gato::model::SavedModel,
+/// An input of `gato apply`.
+struct ApplyInput {
+    /// The file that is read: the input itself or its copy from the store.
+    local: PathBuf,
+    /// The input as the user gave it, for messages.
+    label: String,
+    /// File name of the input and of its output.
+    name: String,
+}
+
+/// Runs `gato apply`: inputs and the model may be local files or objects
+/// (glob patterns allowed), and `out` a directory or an object prefix.
+/// Objects are copied to a temporary directory first, and outputs for an
+/// object store are uploaded once all are written.
+fn apply_command(
+    model: &Path,
+    out: &Path,
     inputs: &[PathBuf],
-    out: &std::path::Path,
     overwrite: bool,
 ) -> anyhow::Result<()> {
+    let location = |option: &str, path: &Path| {
+        gato::remote::local_path(&path.to_string_lossy())
+            .map_err(|m| anyhow::anyhow!("{option} {m}"))
+    };
+    let remote = |path: &Path| path.to_str().is_some_and(gato::remote::is_remote);
+    let model = location("--model", model)?;
+    let out = location("--out", out)?;
+    let patterns = inputs
+        .iter()
+        .map(|i| location("input", i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let staging =
+        if remote(&model) || remote(&out) || patterns.iter().any(|p| remote(p)) {
+            let dir = tempfile::Builder::new().prefix("gato-apply-").tempdir().context(
+                "cannot create a temporary directory for the objects; set TMPDIR",
+            )?;
+            let tracked = gato::interrupt::Tracked::new(dir.path());
+            Some((dir, tracked))
+        } else {
+            None
+        };
+    let staged = |relative: &str| -> anyhow::Result<PathBuf> {
+        let dir = staging.as_ref().map(|s| s.0.path()).context("no staging directory")?;
+        let path = dir.join(relative);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        Ok(path)
+    };
+
+    let saved = match model.to_str().filter(|t| gato::remote::is_remote(t)) {
+        Some(url) => {
+            let copy = staged("model.json")?;
+            gato::remote::download(url, &copy)?;
+            gato::model::SavedModel::load(&copy).map_err(|e| {
+                anyhow::anyhow!(e.to_string().replace(&copy.display().to_string(), url))
+            })?
+        }
+        None => gato::model::SavedModel::load(&model)?,
+    };
+    let mut files = Vec::new();
+    for pattern in &patterns {
+        match pattern.to_str().filter(|t| gato::remote::is_remote(t)) {
+            Some(text) => {
+                for url in gato::remote::expand(text).map_err(anyhow::Error::msg)? {
+                    let name = url.rsplit('/').next().unwrap_or(&url).to_string();
+                    let local = staged(&format!("in/{}/{name}", files.len()))?;
+                    gato::remote::download(&url, &local)?;
+                    files.push(ApplyInput { local, label: url, name });
+                }
+            }
+            None => {
+                let name = pattern
+                    .file_name()
+                    .with_context(|| format!("{} names no file", pattern.display()))?
+                    .to_string_lossy()
+                    .into_owned();
+                let label = pattern.display().to_string();
+                files.push(ApplyInput { local: pattern.clone(), label, name });
+            }
+        }
+    }
+    let mut names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        anyhow::bail!(
+            "two inputs are named {}; their outputs in {} would collide, so apply \
+             them in separate calls with different --out",
+            w[0],
+            out.display()
+        );
+    }
+
+    if let Some(url) = out.to_str().filter(|t| gato::remote::is_remote(t)) {
+        let url = url.trim_end_matches('/');
+        gato::remote::check_writable(url)?;
+        if !overwrite {
+            for file in &files {
+                let target = format!("{url}/{}", file.name);
+                if gato::remote::exists(&target)? {
+                    anyhow::bail!(
+                        "{target} already exists; pass --overwrite to replace it or \
+                         choose another --out"
+                    );
+                }
+            }
+        }
+        let dir = staged("out/")?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        apply_all(&saved, &files, &dir, true, url)?;
+        gato::remote::upload_dir(&dir, url, "")?;
+        return Ok(());
+    }
+    // A directory made here is removed again if nothing was written.
+    let created = !out.exists();
+    std::fs::create_dir_all(&out).with_context(|| {
+        format!("cannot create the output directory {}", out.display())
+    })?;
+    let result = apply_all(&saved, &files, &out, overwrite, &out.display().to_string());
+    if result.is_err() && created {
+        let _ = std::fs::remove_dir(&out);
+    }
+    result
+}
+
+/// Categorises each input with `saved` into the directory `out`, which
+/// messages call `shown`.
+fn apply_all(
+    saved: &gato::model::SavedModel,
+    inputs: &[ApplyInput],
+    out: &Path,
+    overwrite: bool,
+    shown: &str,
+) -> anyhow::Result<()> {
+    // The local copy of an object is named by the object's URL.
+    let relabel = |input: &ApplyInput, e: gato::Error| {
+        anyhow::anyhow!(
+            e.to_string().replace(&input.local.display().to_string(), &input.label)
+        )
+    };
     // Every input and output is checked before the first output is written.
-    let mut outputs: Vec<PathBuf> = Vec::with_capacity(inputs.len());
     for input in inputs {
-        gato::apply::check_model_columns(saved, input)?;
-        let name = input
-            .file_name()
-            .with_context(|| format!("{} names no file", input.display()))?;
-        let output = out.join(name);
-        gato::apply::check_not_input(input, &output)?;
+        gato::apply::check_model_columns(saved, &input.local)
+            .map_err(|e| relabel(input, e))?;
+        let output = out.join(&input.name);
+        gato::apply::check_not_input(&input.local, &output)?;
         if output.exists() && !overwrite {
             anyhow::bail!(
                 "{} already exists; pass --overwrite to replace it or choose another --out",
                 output.display()
             );
         }
-        outputs.push(output);
     }
-    for (input, output) in inputs.iter().zip(outputs) {
-        let applied = gato::apply::apply_model(saved, input, &output)?;
+    for input in inputs {
+        let output = out.join(&input.name);
+        let applied = gato::apply::apply_model(saved, &input.local, &output)
+            .map_err(|e| relabel(input, e))?;
         println!(
-            "{} -> {} ({} rows, {} without a category)",
-            input.display(),
-            output.display(),
+            "{} -> {}/{} ({} rows, {} without a category)",
+            input.label,
+            shown.trim_end_matches('/'),
+            input.name,
             applied.rows,
             applied.uncategorised
         );
@@ -322,7 +433,7 @@ fn apply_all(
                 tracing::warn!(
                     "{}: {outside} rows have `{name}` outside the model's range [{low}, \
                      {high}]; they are in the first or last category",
-                    input.display()
+                    input.label
                 );
             }
         }

@@ -524,18 +524,7 @@ fn cli_apply_rejects_other_version_and_missing_column() {
         stderr.contains("2 rows have `score` outside the model's range [0, 1]"),
         "{stderr}"
     );
-    let categories: Vec<Option<i32>> = read_parquet(&dir.path().join("e/odd.parquet"))
-        .iter()
-        .flat_map(|b| {
-            let column = b.column_by_name("category").unwrap();
-            column
-                .as_any()
-                .downcast_ref::<Int32Array>()
-                .unwrap()
-                .iter()
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let categories = crate::common::category_column(&dir.path().join("e/odd.parquet"));
     assert_eq!(categories[0], Some(0));
     assert_eq!(categories[2], Some(2));
     assert_eq!(categories[3], None);

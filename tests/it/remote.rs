@@ -45,7 +45,9 @@ fn moto_server() -> Option<PathBuf> {
             std::env::var_os("GATO_REQUIRE_MOTO").is_none(),
             "GATO_REQUIRE_MOTO is set but no moto_server was found"
         );
-        eprintln!("moto_server not found (set GATO_MOTO_SERVER); object store test skipped");
+        eprintln!(
+            "moto_server not found (set GATO_MOTO_SERVER); object store test skipped"
+        );
     }
     found
 }
@@ -109,9 +111,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn put(port: u16, key: &str, file: &Path) {
     let bytes = std::fs::read(file).unwrap();
-    runtime()
-        .block_on(store(port).put(&ObjectPath::from(key), bytes.into()))
-        .unwrap();
+    runtime().block_on(store(port).put(&ObjectPath::from(key), bytes.into())).unwrap();
 }
 
 fn get(port: u16, key: &str, file: &Path) {
@@ -141,7 +141,6 @@ fn gato(dir: &Path, port: u16, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-
 #[test]
 fn run_reads_and_writes_s3() {
     let Some(moto) = start_moto() else { return };
@@ -152,8 +151,9 @@ fn run_reads_and_writes_s3() {
     // Two inputs with interleaved processes.
     for (name, shift) in [("a", 0usize), ("b", 1)] {
         let n = 4000;
-        let process: Vec<&str> =
-            (0..n).map(|i| if (i + shift) % 4 == 0 { "signal" } else { "bkg1" }).collect();
+        let process: Vec<&str> = (0..n)
+            .map(|i| if (i + shift) % 4 == 0 { "signal" } else { "bkg1" })
+            .collect();
         let score: Vec<f64> = (0..n)
             .map(|i| {
                 let u = ((i * 7919 + shift * 13) % 4001) as f64 / 4001.0;
@@ -183,7 +183,8 @@ fn run_reads_and_writes_s3() {
     // The summary on the store matches the local run and names the objects.
     let fetched = dir.path().join("summary.json");
     get(port, "out/summary.json", &fetched);
-    let remote: Value = serde_json::from_str(&std::fs::read_to_string(&fetched).unwrap()).unwrap();
+    let remote: Value =
+        serde_json::from_str(&std::fs::read_to_string(&fetched).unwrap()).unwrap();
     let local_summary: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("local_out/summary.json")).unwrap(),
     )
@@ -208,6 +209,40 @@ fn run_reads_and_writes_s3() {
     for key in ["out/report.html", "out/sigmoid_k3/model.json", "out/histograms.json"] {
         get(port, key, &dir.path().join("fetched"));
     }
+
+    // `gato apply` with the model, the inputs and the outputs on the store
+    // writes what it writes with local files.
+    let model = format!("s3://{BUCKET}/out/sigmoid_k3/model.json");
+    let inputs = format!("s3://{BUCKET}/in/*.parquet");
+    let applied = format!("s3://{BUCKET}/applied");
+    let out =
+        gato(dir.path(), port, &["apply", "--model", &model, "--out", &applied, &inputs]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("s3://{BUCKET}/in/a.parquet -> {applied}/a.parquet")),
+        "{stdout}"
+    );
+    let local_model = "local_out/sigmoid_k3/model.json";
+    let a = local.join("a.parquet").display().to_string();
+    let b = local.join("b.parquet").display().to_string();
+    let out = gato(
+        dir.path(),
+        port,
+        &["apply", "--model", local_model, "--out", "local_applied", &a, &b],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["a.parquet", "b.parquet"] {
+        let copy = dir.path().join("fetched.parquet");
+        get(port, &format!("applied/{name}"), &copy);
+        let expected = dir.path().join("local_applied").join(name);
+        assert_eq!(category_column(&copy), category_column(&expected), "{name}");
+    }
+    let out =
+        gato(dir.path(), port, &["apply", "--model", &model, "--out", &applied, &inputs]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{applied}/a.parquet already exists")), "{stderr}");
 
     // A second run does not replace the first without --overwrite.
     let out = gato(dir.path(), port, &["-q", "run", "s3.yaml"]);
@@ -275,7 +310,10 @@ fn bad_urls_and_endpoints_are_named() {
     };
     let http = "http://127.0.0.1:9";
     let stderr = run("s3://bucket/a.parquet", "out", "127.0.0.1:9");
-    assert!(stderr.contains("AWS_ENDPOINT=127.0.0.1:9 is not a valid endpoint"), "{stderr}");
+    assert!(
+        stderr.contains("AWS_ENDPOINT=127.0.0.1:9 is not a valid endpoint"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
     let stderr = run("ftp://host/a.parquet", "out", http);
     assert!(stderr.contains("unsupported URL scheme `ftp://`"), "{stderr}");
@@ -288,16 +326,26 @@ fn bad_urls_and_endpoints_are_named() {
     let stderr = run(&input.display().to_string(), "az://container/out", http);
     assert!(stderr.contains("unsupported URL scheme `az://`"), "{stderr}");
 
-    // apply and generate reject URLs with a message.
-    for args in [
-        vec!["apply", "--model", "m.json", "--out", "s3://bucket/applied", "in.parquet"],
-        vec!["apply", "--model", "s3://bucket/m.json", "--out", "applied", "in.parquet"],
-        vec!["generate", "toy-1d", "--out", "s3://bucket/toy.parquet"],
+    // generate rejects URLs with a message; apply rejects other schemes.
+    for (args, expected) in [
+        (
+            vec!["generate", "toy-1d", "--out", "s3://bucket/toy.parquet"],
+            "reads and writes local files only",
+        ),
+        (
+            vec!["apply", "--model", "m.json", "--out", "az://c/applied", "in.parquet"],
+            "--out az://c/applied: unsupported URL scheme `az://`",
+        ),
     ] {
-        let out = Command::new(gato_bin()).args(&args).current_dir(dir.path()).output().unwrap();
+        let out = Command::new(gato_bin())
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("reads and writes local files only"), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
     }
     assert!(!dir.path().join("s3:").exists(), "a local folder named after the URL");
+    assert!(!dir.path().join("az:").exists(), "a local folder named after the URL");
 }
