@@ -59,30 +59,52 @@ pub fn local_path(text: &str) -> std::result::Result<PathBuf, String> {
 /// Opens the store of an `s3://` or `gs://` URL and returns it with the
 /// object path.
 fn open(text: &str) -> std::result::Result<(Arc<dyn ObjectStore>, ObjectPath), String> {
-    let url = url::Url::parse(text).map_err(|e| format!("invalid URL {text}: {e}"))?;
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!(
-            "{text}: the bucket name is missing; write {}://BUCKET/PATH",
-            url.scheme()
-        ));
-    }
-    let store: Arc<dyn ObjectStore> = match url.scheme() {
+    let (scheme, bucket, key) = split(text)?;
+    let bucket_url = format!("{scheme}://{bucket}");
+    let store: Arc<dyn ObjectStore> = match scheme {
         "s3" => Arc::new(check_endpoint().and_then(|()| {
             object_store::aws::AmazonS3Builder::from_env()
-                .with_url(text)
+                .with_url(&bucket_url)
                 .build()
                 .map_err(|e| format!("{text}: {}", describe(&e)))
         })?),
         "gs" => Arc::new(
             object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_url(text)
+                .with_url(&bucket_url)
                 .build()
                 .map_err(|e| format!("{text}: {}", describe(&e)))?,
         ),
         other => return Err(format!("{text}: unsupported scheme {other}://")),
     };
-    let path = ObjectPath::from_url_path(url.path()).map_err(|e| format!("{text}: {e}"))?;
+    let path = ObjectPath::parse(&key).map_err(|e| format!("{text}: {e}"))?;
     Ok((store, path))
+}
+
+/// Splits an `s3://` or `gs://` URL into its scheme, bucket and key.
+///
+/// The key is taken as written, so `#`, `?` and `%` are characters of the
+/// key rather than a fragment, a query or escapes. Empty segments (`//`)
+/// are dropped.
+fn split(text: &str) -> std::result::Result<(&str, &str, String), String> {
+    let (scheme, rest) =
+        text.split_once("://").ok_or_else(|| format!("invalid URL {text}: no scheme"))?;
+    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!(
+            "{text}: the bucket name is missing; write {scheme}://BUCKET/PATH"
+        ));
+    }
+    let key: Vec<&str> = key.split('/').filter(|s| !s.is_empty()).collect();
+    Ok((scheme, bucket, key.join("/")))
+}
+
+/// Returns `url` with empty key segments dropped, so that two spellings of
+/// one object compare equal.
+pub fn normalized(url: &str) -> String {
+    match split(url) {
+        Ok((scheme, bucket, key)) => format!("{scheme}://{bucket}/{key}"),
+        Err(_) => url.to_string(),
+    }
 }
 
 /// Variables from which the S3 client takes its endpoint.
@@ -95,8 +117,9 @@ fn check_endpoint() -> std::result::Result<(), String> {
         let Ok(value) = std::env::var(name) else {
             continue;
         };
-        let valid = url::Url::parse(&value)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        let valid = url::Url::parse(&value).is_ok_and(|u| {
+            matches!(u.scheme(), "http" | "https") && u.host_str().is_some()
+        });
         if !valid {
             return Err(format!(
                 "{name}={value} is not a valid endpoint; write http://HOST:PORT or https://HOST"
@@ -136,7 +159,9 @@ fn describe(error: &object_store::Error) -> String {
             .iter()
             .any(|v| std::env::var(v).is_ok_and(|e| e.starts_with("http://")))
     {
-        message.push_str("; the endpoint is plain http: set AWS_ALLOW_HTTP=true to allow it");
+        message.push_str(
+            "; the endpoint is plain http: set AWS_ALLOW_HTTP=true to allow it",
+        );
     }
     message
 }
@@ -144,8 +169,7 @@ fn describe(error: &object_store::Error) -> String {
 /// Returns the URL of `path` in the bucket of `base`.
 fn url_of(base: &str, path: &ObjectPath) -> String {
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let bucket_end =
-        base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
+    let bucket_end = base[scheme_end..].find('/').map_or(base.len(), |i| scheme_end + i);
     format!("{}/{}", &base[..bucket_end], path)
 }
 
@@ -171,14 +195,35 @@ fn block_on<T: Send + 'static>(
 pub fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
     let (store, path) = open(pattern)?;
     let key = path.to_string();
+    if key.is_empty() || pattern.ends_with('/') {
+        return Err(format!(
+            "input {pattern} names a bucket or a prefix, not an object; name the objects, \
+             for example {}/*.parquet",
+            pattern.trim_end_matches('/')
+        ));
+    }
     let Some(glob_at) = key.find(['*', '?', '[']) else {
-        let found = block_on(async move { store.head(&path).await })?;
+        let found = block_on(async move {
+            let found = store.head(&path).await;
+            // An object that is not there may be a prefix of others.
+            let under = match &found {
+                Err(object_store::Error::NotFound { .. }) => {
+                    store.list(Some(&path)).next().await.is_some_and(|o| o.is_ok())
+                }
+                _ => false,
+            };
+            (found, under)
+        })?;
         return match found {
-            Ok(_) => Ok(vec![pattern.to_string()]),
-            Err(object_store::Error::NotFound { .. }) => Err(format!(
-                "input {pattern} not found; check the bucket and the key"
+            (Ok(_), _) => Ok(vec![pattern.to_string()]),
+            (Err(object_store::Error::NotFound { .. }), true) => Err(format!(
+                "input {pattern} is a prefix, not an object; name the objects under it, \
+                 for example {pattern}/*.parquet"
             )),
-            Err(e) => Err(format!("cannot read {pattern}: {}", describe(&e))),
+            (Err(object_store::Error::NotFound { .. }), false) => {
+                Err(format!("input {pattern} not found; check the bucket and the key"))
+            }
+            (Err(e), _) => Err(format!("cannot read {pattern}: {}", describe(&e))),
         };
     };
     let matcher = glob::Pattern::new(&key)
@@ -193,9 +238,14 @@ pub fn expand(pattern: &str) -> std::result::Result<Vec<String>, String> {
         Ok::<_, object_store::Error>(keys)
     })?
     .map_err(|e| format!("cannot list {pattern}: {}", describe(&e)))?;
+    // As in a shell, `*` and `?` do not match `/`, and `**` crosses prefixes.
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..glob::MatchOptions::new()
+    };
     let mut urls: Vec<String> = listed
         .iter()
-        .filter(|p| matcher.matches(p.as_ref()))
+        .filter(|p| matcher.matches_with(p.as_ref(), options))
         .map(|p| url_of(pattern, p))
         .collect();
     if urls.is_empty() {
@@ -220,12 +270,14 @@ pub fn download(url: &str, dest: &Path) -> Result<u64> {
             .into_stream();
         let mut bytes = 0u64;
         while let Some(piece) = stream.next().await {
-            let piece = piece.map_err(|e| format!("reading stopped: {}", describe(&e)))?;
+            let piece =
+                piece.map_err(|e| format!("reading stopped: {}", describe(&e)))?;
             file.write_all(&piece)
                 .map_err(|e| format!("cannot write {}: {e}", dest_owned.display()))?;
             bytes += piece.len() as u64;
         }
-        file.flush().map_err(|e| format!("cannot write {}: {e}", dest_owned.display()))?;
+        file.flush()
+            .map_err(|e| format!("cannot write {}: {e}", dest_owned.display()))?;
         Ok::<u64, String>(bytes)
     });
     copied.and_then(|r| r).map_err(|m| Error::input(url, m))
@@ -239,7 +291,9 @@ pub fn exists(url: &str) -> Result<bool> {
     match found {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(Error::output(Path::new(url), format!("cannot read: {}", describe(&e)))),
+        Err(e) => {
+            Err(Error::output(Path::new(url), format!("cannot read: {}", describe(&e))))
+        }
     }
 }
 
@@ -268,7 +322,8 @@ pub fn upload_dir(dir: &Path, url: &str, last: &str) -> Result<()> {
         let entries = std::fs::read_dir(&d)
             .map_err(|e| Error::output(&d, format!("cannot list: {e}")))?;
         for entry in entries {
-            let entry = entry.map_err(|e| Error::output(&d, format!("cannot list: {e}")))?;
+            let entry =
+                entry.map_err(|e| Error::output(&d, format!("cannot list: {e}")))?;
             let path = entry.path();
             if path.is_dir() {
                 pending.push(path);
@@ -277,7 +332,8 @@ pub fn upload_dir(dir: &Path, url: &str, last: &str) -> Result<()> {
             }
         }
     }
-    let relative = |p: &Path| p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
+    let relative =
+        |p: &Path| p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
     files.sort_by_key(|p| (relative(p) == last, relative(p)));
     let base = url.trim_end_matches('/').to_string();
     for file in files {

@@ -111,12 +111,16 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn put(port: u16, key: &str, file: &Path) {
     let bytes = std::fs::read(file).unwrap();
-    runtime().block_on(store(port).put(&ObjectPath::from(key), bytes.into())).unwrap();
+    runtime()
+        .block_on(store(port).put(&ObjectPath::parse(key).unwrap(), bytes.into()))
+        .unwrap();
 }
 
 fn get(port: u16, key: &str, file: &Path) {
     let bytes = runtime()
-        .block_on(async { store(port).get(&ObjectPath::from(key)).await?.bytes().await })
+        .block_on(async {
+            store(port).get(&ObjectPath::parse(key).unwrap()).await?.bytes().await
+        })
         .unwrap();
     std::fs::write(file, bytes).unwrap();
 }
@@ -164,6 +168,8 @@ fn run_reads_and_writes_s3() {
         write_parquet(&file, &process, &score, &vec![0.5; n]);
         put(port, &format!("in/{name}.parquet"), &file);
     }
+    // `*` does not reach into sub-prefixes, as in a shell.
+    put(port, "in/sub/c.parquet", &local.join("a.parquet"));
 
     std::fs::write(
         dir.path().join("s3.yaml"),
@@ -243,6 +249,40 @@ fn run_reads_and_writes_s3() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{applied}/a.parquet already exists")), "{stderr}");
+
+    // `#`, `?` and `%` are characters of keys, not URL syntax.
+    let odd = format!("s3://{BUCKET}/odd/o#1?x%41");
+    let out =
+        gato(dir.path(), port, &["apply", "--model", &model, "--out", &odd, &inputs]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let copy = dir.path().join("fetched.parquet");
+    get(port, "odd/o#1?x%41/b.parquet", &copy);
+    let expected = dir.path().join("local_applied/b.parquet");
+    assert_eq!(category_column(&copy), category_column(&expected));
+
+    // The input object is never replaced, not even with --overwrite.
+    let a_url = format!("s3://{BUCKET}/in/a.parquet");
+    let into_inputs = format!("s3://{BUCKET}//in/");
+    let out = gato(
+        dir.path(),
+        port,
+        &["apply", "--model", &model, "--out", &into_inputs, "--overwrite", &a_url],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is the input object"), "{stderr}");
+
+    // A prefix is not an input.
+    for (prefix, expected) in [
+        (format!("s3://{BUCKET}/in"), "is a prefix, not an object"),
+        (format!("s3://{BUCKET}/in/"), "names a bucket or a prefix"),
+    ] {
+        let out =
+            gato(dir.path(), port, &["apply", "--model", &model, "--out", "p", &prefix]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+    }
 
     // A second run does not replace the first without --overwrite.
     let out = gato(dir.path(), port, &["-q", "run", "s3.yaml"]);
