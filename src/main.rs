@@ -264,10 +264,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 struct ApplyInput {
     /// The file that is read: the input itself or its copy from the store.
     local: PathBuf,
-    /// The input as the user gave it, for messages.
+    /// The input as the user gave it, for messages; a URL for an object.
     label: String,
     /// File name of the input and of its output.
     name: String,
+    /// Whether the input is an object, copied to `local` before reading.
+    remote: bool,
 }
 
 /// Runs `gato apply`: inputs and the model may be local files or objects
@@ -284,52 +286,26 @@ fn apply_command(
         gato::remote::local_path(&path.to_string_lossy())
             .map_err(|m| anyhow::anyhow!("{option} {m}"))
     };
-    let remote = |path: &Path| path.to_str().is_some_and(gato::remote::is_remote);
+    let url_of = |path: &Path| {
+        path.to_str().filter(|t| gato::remote::is_remote(t)).map(String::from)
+    };
     let model = location("--model", model)?;
     let out = location("--out", out)?;
-    let patterns = inputs
-        .iter()
-        .map(|i| location("input", i))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let staging =
-        if remote(&model) || remote(&out) || patterns.iter().any(|p| remote(p)) {
-            let dir = tempfile::Builder::new().prefix("gato-apply-").tempdir().context(
-                "cannot create a temporary directory for the objects; set TMPDIR",
-            )?;
-            let tracked = gato::interrupt::Tracked::new(dir.path());
-            Some((dir, tracked))
-        } else {
-            None
-        };
-    let staged = |relative: &str| -> anyhow::Result<PathBuf> {
-        let dir = staging.as_ref().map(|s| s.0.path()).context("no staging directory")?;
-        let path = dir.join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        Ok(path)
-    };
 
-    let saved = match model.to_str().filter(|t| gato::remote::is_remote(t)) {
-        Some(url) => {
-            let copy = staged("model.json")?;
-            gato::remote::download(url, &copy)?;
-            gato::model::SavedModel::load(&copy).map_err(|e| {
-                anyhow::anyhow!(e.to_string().replace(&copy.display().to_string(), url))
-            })?
-        }
-        None => gato::model::SavedModel::load(&model)?,
-    };
+    // Inputs, outputs and the store are checked before anything is copied.
     let mut files = Vec::new();
-    for pattern in &patterns {
-        match pattern.to_str().filter(|t| gato::remote::is_remote(t)) {
+    for input in inputs {
+        let pattern = location("input", input)?;
+        match url_of(&pattern) {
             Some(text) => {
-                for url in gato::remote::expand(text).map_err(anyhow::Error::msg)? {
+                for url in gato::remote::expand(&text).map_err(anyhow::Error::msg)? {
                     let name = url.rsplit('/').next().unwrap_or(&url).to_string();
-                    let local = staged(&format!("in/{}/{name}", files.len()))?;
-                    gato::remote::download(&url, &local)?;
-                    files.push(ApplyInput { local, label: url, name });
+                    files.push(ApplyInput {
+                        local: PathBuf::new(),
+                        label: url,
+                        name,
+                        remote: true,
+                    });
                 }
             }
             None => {
@@ -339,7 +315,7 @@ fn apply_command(
                     .to_string_lossy()
                     .into_owned();
                 let label = pattern.display().to_string();
-                files.push(ApplyInput { local: pattern.clone(), label, name });
+                files.push(ApplyInput { local: pattern, label, name, remote: false });
             }
         }
     }
@@ -353,54 +329,126 @@ fn apply_command(
             out.display()
         );
     }
-
-    if let Some(url) = out.to_str().filter(|t| gato::remote::is_remote(t)) {
-        let url = url.trim_end_matches('/');
+    let out_url = url_of(&out).map(|u| u.trim_end_matches('/').to_string());
+    if let Some(url) = &out_url {
         gato::remote::check_writable(url)?;
-        if !overwrite {
-            for file in &files {
-                let target = format!("{url}/{}", file.name);
-                if gato::remote::exists(&target)? {
-                    anyhow::bail!(
-                        "{target} already exists; pass --overwrite to replace it or \
-                         choose another --out"
-                    );
-                }
+        for file in &files {
+            let target = format!("{url}/{}", file.name);
+            let same = gato::remote::normalized(&target);
+            if file.remote && gato::remote::normalized(&file.label) == same {
+                anyhow::bail!(
+                    "output {target}: is the input object; choose another --out prefix"
+                );
+            }
+            if !overwrite && gato::remote::exists(&target)? {
+                anyhow::bail!(
+                    "{target} already exists; pass --overwrite to replace it or choose \
+                     another --out"
+                );
             }
         }
-        let dir = staged("out/")?;
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        apply_all(&saved, &files, &dir, true, url)?;
-        gato::remote::upload_dir(&dir, url, "")?;
-        return Ok(());
     }
-    // A directory made here is removed again if nothing was written.
-    let created = !out.exists();
-    std::fs::create_dir_all(&out).with_context(|| {
-        format!("cannot create the output directory {}", out.display())
-    })?;
-    let result = apply_all(&saved, &files, &out, overwrite, &out.display().to_string());
-    if result.is_err() && created {
-        let _ = std::fs::remove_dir(&out);
+
+    let remote_model = url_of(&model);
+    let staging = if remote_model.is_some()
+        || out_url.is_some()
+        || files.iter().any(|f| f.remote)
+    {
+        let dir = tempfile::Builder::new()
+            .prefix("gato-apply-")
+            .tempdir()
+            .context("cannot create a temporary directory for the objects; set TMPDIR")?;
+        let tracked = gato::interrupt::Tracked::new(dir.path());
+        Some((dir, tracked))
+    } else {
+        None
+    };
+    let staged = |relative: &str| -> anyhow::Result<PathBuf> {
+        let dir = staging.as_ref().map(|s| s.0.path()).context("no staging directory")?;
+        let path = dir.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap_or(dir))
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(path)
+    };
+    let saved = match &remote_model {
+        Some(url) => {
+            let copy = staged("model.json")?;
+            let model_error = |e: gato::Error| {
+                let text = e.to_string().replace(&copy.display().to_string(), url);
+                anyhow::anyhow!(
+                    "{}",
+                    text.replacen(
+                        &format!("input {url}"),
+                        &format!("model file {url}"),
+                        1
+                    )
+                )
+            };
+            gato::remote::download(url, &copy).map_err(model_error)?;
+            gato::model::SavedModel::load(&copy).map_err(model_error)?
+        }
+        None => gato::model::SavedModel::load(&model)?,
+    };
+    for (index, file) in files.iter_mut().enumerate() {
+        if file.remote {
+            file.local = staged(&format!("in/{index}/{}", file.name))?;
+            gato::remote::download(&file.label, &file.local)?;
+        }
     }
-    result
+
+    let Some(url) = out_url else {
+        // A directory made here is removed again if nothing was written.
+        let created = !out.exists();
+        std::fs::create_dir_all(&out).with_context(|| {
+            format!("cannot create the output directory {}", out.display())
+        })?;
+        let shown = out.display().to_string();
+        let result = apply_all(&saved, &files, &out, overwrite, &shown, true);
+        if result.is_err() && created {
+            let _ = std::fs::remove_dir(&out);
+        }
+        return result.map(|_| ());
+    };
+    let dir = staged("out/")?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let lines = apply_all(&saved, &files, &dir, true, &url, false)?;
+    if let Err(error) = gato::remote::upload_dir(&dir, &url, "") {
+        // The outputs are complete: keep them for a later upload.
+        let kept = staging.map(|(dir, tracked)| {
+            drop(tracked);
+            dir.keep().join("out")
+        });
+        anyhow::bail!(
+            "{error}; the outputs are kept in {}, copy them there when the store can be \
+             written",
+            kept.unwrap_or(dir).display()
+        );
+    }
+    for line in lines {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// Categorises each input with `saved` into the directory `out`, which
-/// messages call `shown`.
+/// messages call `shown`. Returns a line per output for the terminal,
+/// unless `print` has them printed as each output is written.
 fn apply_all(
     saved: &gato::model::SavedModel,
     inputs: &[ApplyInput],
     out: &Path,
     overwrite: bool,
     shown: &str,
-) -> anyhow::Result<()> {
-    // The local copy of an object is named by the object's URL.
+    print: bool,
+) -> anyhow::Result<Vec<String>> {
+    let shown = shown.trim_end_matches('/');
+    // Messages name the inputs and outputs as the user gave them, not
+    // their temporary copies.
     let relabel = |input: &ApplyInput, e: gato::Error| {
-        anyhow::anyhow!(
-            e.to_string().replace(&input.local.display().to_string(), &input.label)
-        )
+        let text =
+            e.to_string().replace(&input.local.display().to_string(), &input.label);
+        anyhow::anyhow!("{}", text.replace(&out.display().to_string(), shown))
     };
     // Every input and output is checked before the first output is written.
     for input in inputs {
@@ -415,18 +463,20 @@ fn apply_all(
             );
         }
     }
+    let mut lines = Vec::with_capacity(inputs.len());
     for input in inputs {
         let output = out.join(&input.name);
         let applied = gato::apply::apply_model(saved, &input.local, &output)
             .map_err(|e| relabel(input, e))?;
-        println!(
-            "{} -> {}/{} ({} rows, {} without a category)",
-            input.label,
-            shown.trim_end_matches('/'),
-            input.name,
-            applied.rows,
-            applied.uncategorised
+        let line = format!(
+            "{} -> {shown}/{} ({} rows, {} without a category)",
+            input.label, input.name, applied.rows, applied.uncategorised
         );
+        if print {
+            println!("{line}");
+        } else {
+            lines.push(line);
+        }
         let ranges = saved.discriminants.iter().zip(&saved.ranges);
         for ((name, [low, high]), &outside) in ranges.zip(&applied.outside_range) {
             if outside > 0 {
@@ -438,7 +488,7 @@ fn apply_all(
             }
         }
     }
-    Ok(())
+    Ok(lines)
 }
 
 /// Rejects a URL where `command` reads or writes local files only.
