@@ -162,8 +162,25 @@ fn describe(error: &object_store::Error) -> String {
         message.push_str(
             "; the endpoint is plain http: set AWS_ALLOW_HTTP=true to allow it",
         );
+    } else if unreachable_aws(
+        &text,
+        ENDPOINT_VARIABLES.iter().any(|v| std::env::var(v).is_ok()),
+    ) {
+        message.push_str(
+            "; AWS could not be reached: check the network, or set AWS_ENDPOINT to the \
+             URL of an S3-compatible server",
+        );
     }
     message
+}
+
+/// Returns whether the error text `text` is a failed connection to AWS
+/// itself, as when no endpoint is set (`endpoint_set` false) for a store
+/// that is not AWS.
+fn unreachable_aws(text: &str, endpoint_set: bool) -> bool {
+    !endpoint_set
+        && text.contains("amazonaws.com")
+        && (text.contains("error sending request") || text.contains("dns error"))
 }
 
 /// Returns the URL of `path` in the bucket of `base`.
@@ -377,4 +394,29 @@ fn upload(file: &Path, url: &str) -> Result<()> {
         Ok::<(), String>(())
     });
     done.and_then(|r| r).map_err(fail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_taken_as_written() {
+        let (scheme, bucket, key) = split("s3://b//in/o#1?x%41/a.parquet").unwrap();
+        assert_eq!((scheme, bucket, key.as_str()), ("s3", "b", "in/o#1?x%41/a.parquet"));
+        assert_eq!(normalized("gs://b/in//a.parquet"), "gs://b/in/a.parquet");
+        assert!(
+            split("s3:///a.parquet").unwrap_err().contains("the bucket name is missing")
+        );
+    }
+
+    #[test]
+    fn unreachable_aws_needs_no_endpoint() {
+        let text = "Generic S3 error: Error performing GET \
+                    https://s3.us-east-1.amazonaws.com/b/k in 1s, after 10 retries: error \
+                    sending request";
+        assert!(unreachable_aws(text, false));
+        assert!(!unreachable_aws(text, true));
+        assert!(!unreachable_aws("error sending request to http://127.0.0.1:9", false));
+    }
 }
