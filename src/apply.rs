@@ -259,9 +259,9 @@ const CATEGORY_PIECE_ROWS: usize = 65_536;
 /// The input's column chunks are copied byte for byte, with their
 /// encodings, compression, statistics, page indexes and bloom filters.
 /// The row groups and key-value metadata stay as they are. Only the
-/// `category` column is encoded, with the input's compression. `categorise` is as for
-/// [`write_categorised`] and runs on a thread of its own while the columns
-/// are copied. `label` names the input in errors.
+/// `category` column is encoded, with the input's compression.
+/// `categorise` is as for [`write_categorised`] and runs on a thread of its
+/// own while the columns are copied. `label` names the input in errors.
 pub fn copy_categorised(
     input: &Path,
     label: &str,
@@ -459,9 +459,9 @@ fn copy_layout(
     Ok((Arc::new(root), Arc::new(props.build())))
 }
 
-/// Returns the column chunk `column` of row group `group` of `file`, described by
-/// `parquet`, ready to be appended to a row group as it is, with its bloom
-/// filter if it has one.
+/// Returns the column chunk `column` of row group `group` of `file`,
+/// described by `parquet`, ready to be appended to a row group as it is,
+/// with its bloom filter if it has one.
 fn copied_chunk(
     file: &std::fs::File,
     parquet: &datafusion::parquet::file::metadata::ParquetMetaData,
@@ -702,7 +702,7 @@ pub struct Applied {
     /// Rows left without a category.
     pub uncategorised: usize,
     /// Per discriminant, rows with a finite value outside the model's
-    /// range; they are in the first or last category.
+    /// range, which are in the first or last category.
     pub outside_range: Vec<usize>,
 }
 
@@ -715,7 +715,8 @@ pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<Ap
     check_not_input(input, output)?;
     let builder = crate::source::parquet_reader(input)?;
     check_schema(saved, input, builder.schema())?;
-    // Only the discriminants are decoded; the other columns are copied.
+
+    // Only the discriminants are decoded, and the other columns are copied.
     let roots = saved
         .discriminants
         .iter()
@@ -728,6 +729,7 @@ pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<Ap
         .with_batch_size(crate::source::READ_BATCH_ROWS)
         .build()
         .map_err(|e| Error::input(input, format!("cannot read as Parquet: {e}")))?;
+
     let model = saved.model();
     let mut applied = Applied {
         rows: 0,
@@ -754,27 +756,7 @@ pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<Ap
                         ),
                     )
                 })?;
-            let mut columns = Vec::with_capacity(saved.discriminants.len());
-            for name in &saved.discriminants {
-                let array = batch.column_by_name(name).ok_or_else(|| {
-                    Error::Internal(format!("column {name} missing from a batch"))
-                })?;
-                let array = cast(array, &DataType::Float64).map_err(|e| {
-                    Error::input(
-                        input,
-                        format!("cannot convert `{name}` to float64: {e}"),
-                    )
-                })?;
-                let array =
-                    array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(
-                        || Error::Internal("cast to Float64 gave another type".into()),
-                    )?;
-                columns.push(
-                    (0..batch.num_rows())
-                        .map(|i| if array.is_null(i) { f64::NAN } else { array.value(i) })
-                        .collect::<Vec<f64>>(),
-                );
-            }
+            let columns = discriminant_values(saved, &batch, input)?;
             let assign = model.assign(&saved.parameters, &columns);
             for ((outside, column), [low, high]) in
                 applied.outside_range.iter_mut().zip(&columns).zip(&saved.ranges)
@@ -795,6 +777,33 @@ pub fn apply_model(saved: &SavedModel, input: &Path, output: &Path) -> Result<Ap
         Ok(piece)
     })?;
     Ok(applied)
+}
+
+/// Returns the model's discriminant columns of `batch`, read from `input`,
+/// as float64 with NaN for nulls.
+fn discriminant_values(
+    saved: &SavedModel,
+    batch: &RecordBatch,
+    input: &Path,
+) -> Result<Vec<Vec<f64>>> {
+    let mut columns = Vec::with_capacity(saved.discriminants.len());
+    for name in &saved.discriminants {
+        let array = batch.column_by_name(name).ok_or_else(|| {
+            Error::Internal(format!("column {name} missing from a batch"))
+        })?;
+        let array = cast(array, &DataType::Float64).map_err(|e| {
+            Error::input(input, format!("cannot convert `{name}` to float64: {e}"))
+        })?;
+        let array =
+            array.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(|| {
+                Error::Internal("cast to Float64 gave another type".into())
+            })?;
+        let values = (0..batch.num_rows())
+            .map(|i| if array.is_null(i) { f64::NAN } else { array.value(i) })
+            .collect();
+        columns.push(values);
+    }
+    Ok(columns)
 }
 
 /// Fails when `output` is the file `input`.
@@ -1142,22 +1151,9 @@ mod tests {
         .unwrap();
         assert_eq!(calls, [(0, CATEGORY_PIECE_ROWS), (CATEGORY_PIECE_ROWS, 10)]);
 
-        let reader = ParquetRecordBatchReaderBuilder::try_new(
-            std::fs::File::open(&output).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(reader.metadata().num_row_groups(), 1);
-
-        let mut row = 0;
-        for batch in reader.build().unwrap() {
-            let batch = batch.unwrap();
-            let category = batch.column(1).as_any().downcast_ref::<Int32Array>().unwrap();
-            for value in category.iter() {
-                assert_eq!(value, test_category(row), "row {row}");
-                row += 1;
-            }
-        }
-        assert_eq!(row, rows);
+        assert_eq!(metadata_of(&output).num_row_groups(), 1);
+        let wanted: Vec<Option<i32>> = (0..rows).map(test_category).collect();
+        assert_eq!(categories_of(&output), wanted);
     }
 
     #[test]

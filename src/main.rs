@@ -402,8 +402,8 @@ fn apply_command(
         std::fs::create_dir_all(&out).with_context(|| {
             format!("cannot create the output directory {}", out.display())
         })?;
-        let shown = out.display().to_string();
-        let result = apply_all(&saved, &files, &out, overwrite, &shown, true);
+        let out_label = out.display().to_string();
+        let result = apply_all(&saved, &files, &out, overwrite, &out_label, true);
         if result.is_err() && created {
             let _ = std::fs::remove_dir(&out);
         }
@@ -415,14 +415,14 @@ fn apply_command(
     let lines = apply_all(&saved, &files, &dir, true, &url, false)?;
     if let Err(error) = gato::remote::upload_dir(&dir, &url, "") {
         // The outputs are complete: keep them for a later upload.
-        let kept = staging.map(|(dir, tracked)| {
+        let kept_dir = staging.map(|(dir, tracked)| {
             drop(tracked);
             dir.keep().join("out")
         });
         anyhow::bail!(
-            "{error}; the outputs are kept in {}, copy them there when the store can be \
+            "{error}; the outputs are kept_dir in {}, copy them there when the store can be \
              written",
-            kept.unwrap_or(dir).display()
+            kept_dir.unwrap_or(dir).display()
         );
     }
     for line in lines {
@@ -432,23 +432,23 @@ fn apply_command(
 }
 
 /// Categorises each input with `saved` into the directory `out`, which
-/// messages call `shown`. Returns a line per output for the terminal,
+/// messages call `out_label`. Returns a line per output for the terminal,
 /// unless `print` has them printed as each output is written.
 fn apply_all(
     saved: &gato::model::SavedModel,
     inputs: &[ApplyInput],
     out: &Path,
     overwrite: bool,
-    shown: &str,
+    out_label: &str,
     print: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let shown = shown.trim_end_matches('/');
+    let out_label = out_label.trim_end_matches('/');
     // Messages name the inputs and outputs as the user gave them, not
     // their temporary copies.
     let relabel = |input: &ApplyInput, e: gato::Error| {
         let text =
             e.to_string().replace(&input.local.display().to_string(), &input.label);
-        anyhow::anyhow!("{}", text.replace(&out.display().to_string(), shown))
+        anyhow::anyhow!("{}", text.replace(&out.display().to_string(), out_label))
     };
     // Every input and output is checked before the first output is written.
     for input in inputs {
@@ -469,7 +469,7 @@ fn apply_all(
         let applied = gato::apply::apply_model(saved, &input.local, &output)
             .map_err(|e| relabel(input, e))?;
         let line = format!(
-            "{} -> {shown}/{} ({} rows, {} without a category)",
+            "{} -> {out_label}/{} ({} rows, {} without a category)",
             input.label, input.name, applied.rows, applied.uncategorised
         );
         if print {

@@ -17,9 +17,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
-use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
 use datafusion::arrow::array::make_array;
 use datafusion::arrow::datatypes::{Field, Schema};
+use arrow::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::sql::sqlparser::ast;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -29,9 +29,7 @@ use polars::prelude as pl;
 use crate::config::{Pipeline, ProcessAssign};
 use crate::error::{Error, Result};
 use crate::select::{UNTRACEABLE, missing_column};
-use crate::source::{
-    HIDDEN_COLUMNS, INPUT_COLUMN, PROCESS_INDEX_COLUMN, ROW_COLUMN, Sources,
-};
+use crate::source::{HIDDEN_COLUMNS, INPUT_COLUMN, PROCESS_INDEX_COLUMN, ROW_COLUMN, Sources};
 
 /// Rows per result batch handed from Polars to gato.
 const BATCH_ROWS: usize = 65_536;
@@ -49,10 +47,7 @@ pub struct LazyQuery(
 impl LazyQuery {
     /// Wraps a function from `events` to the selected events.
     pub fn new(
-        query: impl Fn(pl::LazyFrame) -> pl::PolarsResult<pl::LazyFrame>
-        + Send
-        + Sync
-        + 'static,
+        query: impl Fn(pl::LazyFrame) -> pl::PolarsResult<pl::LazyFrame> + Send + Sync + 'static,
     ) -> LazyQuery {
         LazyQuery(Arc::new(query))
     }
@@ -79,9 +74,7 @@ pub fn events_frame(sources: &Sources) -> Result<pl::LazyFrame> {
         frames.push(frame.select(order.clone()));
     }
     pl::concat(frames, pl::UnionArgs { maintain_order: true, ..Default::default() })
-        .map_err(|e| {
-            Error::Select(format!("Polars failed to join the inputs into `events`: {e}"))
-        })
+        .map_err(|e| Error::Select(format!("Polars failed to join the inputs into `events`: {e}")))
 }
 
 /// Scans the Parquet file of input `index` as a stream.
@@ -89,9 +82,7 @@ fn scan(sources: &Sources, index: usize, path: &Path) -> Result<pl::LazyFrame> {
     let polars_error = |e: pl::PolarsError| {
         Error::input(
             sources.input(index).label(),
-            format!(
-                "Polars failed to scan it: {e}. Check that it is a readable Parquet file"
-            ),
+            format!("Polars failed to scan it: {e}. Check that it is a readable Parquet file"),
         )
     };
     // Polars panics on Float16 columns instead of returning an error.
@@ -215,8 +206,7 @@ fn memory_frame(sources: &Sources, index: usize) -> Result<pl::LazyFrame> {
         match frame.as_mut() {
             None => frame = Some(part),
             Some(f) => {
-                f.vstack_mut_owned(part)
-                    .map_err(|e| polars_internal("stacking batches", e))?;
+                f.vstack_mut_owned(part).map_err(|e| polars_internal("stacking batches", e))?;
             }
         }
     }
@@ -286,10 +276,8 @@ fn batch_to_frame(batch: &RecordBatch) -> Result<pl::DataFrame> {
         // Arrow C Data Interface with #[repr(C)] and the same fields, so the
         // bytes of one are a valid value of the other. transmute checks the
         // sizes, and the ownership of the buffers moves with the struct.
-        let c_array: polars_arrow::ffi::ArrowArray =
-            unsafe { std::mem::transmute(c_array) };
-        let c_schema: polars_arrow::ffi::ArrowSchema =
-            unsafe { std::mem::transmute(c_schema) };
+        let c_array: polars_arrow::ffi::ArrowArray = unsafe { std::mem::transmute(c_array) };
+        let c_schema: polars_arrow::ffi::ArrowSchema = unsafe { std::mem::transmute(c_schema) };
         // SAFETY: the structs were filled by arrow-rs' exporter just above.
         let imported = unsafe {
             polars_arrow::ffi::import_field_from_c(&c_schema).and_then(|f| {
@@ -316,20 +304,16 @@ fn frame_to_batch(frame: &pl::DataFrame, names: &[String]) -> Result<RecordBatch
             .map_err(|e| polars_internal(&format!("result column `{name}`"), e))?
             .clone();
         let array = column.rechunk_to_arrow(pl::CompatLevel::oldest());
-        let field = polars_arrow::datatypes::Field::new(
-            name.as_str().into(),
-            array.dtype().clone(),
-            true,
-        );
+        let field =
+            polars_arrow::datatypes::Field::new(name.as_str().into(), array.dtype().clone(), true);
         let c_schema = polars_arrow::ffi::export_field_to_c(&field);
         let c_array = polars_arrow::ffi::export_array_to_c(array);
         // SAFETY: as in `batch_to_frame`, in the other direction.
         let c_schema: FFI_ArrowSchema = unsafe { std::mem::transmute(c_schema) };
         let c_array: FFI_ArrowArray = unsafe { std::mem::transmute(c_array) };
         // SAFETY: the structs were filled by polars-arrow's exporter above.
-        let data = unsafe { from_ffi(c_array, &c_schema) }.map_err(|e| {
-            Error::Internal(format!("importing `{name}` from Polars: {e}"))
-        })?;
+        let data = unsafe { from_ffi(c_array, &c_schema) }
+            .map_err(|e| Error::Internal(format!("importing `{name}` from Polars: {e}")))?;
         let array = make_array(data);
         fields.push(Field::new(name, array.data_type().clone(), true));
         arrays.push(array);
@@ -400,8 +384,7 @@ fn query(pipeline: &Pipeline, sources: &Sources) -> Result<pl::LazyFrame> {
     for name in required {
         match schema.get(name) {
             None => {
-                let returned: Vec<&str> =
-                    schema.iter_names().map(|n| n.as_str()).collect();
+                let returned: Vec<&str> = schema.iter_names().map(|n| n.as_str()).collect();
                 return Err(missing_column(name, &returned));
             }
             Some(dtype) if !dtype.is_primitive_numeric() => {
@@ -545,9 +528,10 @@ fn is_carrier(name: &ast::ObjectName, carriers: &[String]) -> bool {
 }
 
 fn relations(select: &ast::Select) -> impl Iterator<Item = &ast::TableFactor> {
-    select.from.iter().flat_map(|t| {
-        std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation))
-    })
+    select
+        .from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
 }
 
 /// Returns whether `query` reads `events` or one of `carriers`.
@@ -619,8 +603,7 @@ fn carry_set_expr(body: &mut ast::SetExpr, carriers: &[String]) -> Result<()> {
 }
 
 fn carry_select(select: &mut ast::Select, carriers: &[String]) -> Result<()> {
-    let grouped =
-        !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+    let grouped = !matches!(&select.group_by, ast::GroupByExpr::Expressions(e, _) if e.is_empty());
     if select.distinct.is_some() || grouped || select.having.is_some() {
         return Err(Error::Select(
             "the query cannot be used as a selection: the selection must return one row \
@@ -648,13 +631,10 @@ fn carry_select(select: &mut ast::Select, carriers: &[String]) -> Result<()> {
             .chain(table.joins.iter_mut().map(|j| &mut j.relation));
         for factor in factors {
             match factor {
-                ast::TableFactor::Table { name, alias, .. }
-                    if is_carrier(name, carriers) =>
-                {
+                ast::TableFactor::Table { name, alias, .. } if is_carrier(name, carriers) => {
                     // Polars finds tables by their exact name, and `events`
                     // is registered in lower case.
-                    if let [ast::ObjectNamePart::Identifier(ident)] =
-                        name.0.as_mut_slice()
+                    if let [ast::ObjectNamePart::Identifier(ident)] = name.0.as_mut_slice()
                         && ident.value.eq_ignore_ascii_case("events")
                     {
                         *ident = ast::Ident::new("events");
@@ -756,22 +736,14 @@ mod tests {
 
     #[test]
     fn joins_qualify_the_hidden_columns_with_the_alias() {
-        let sql = carried(
-            "SELECT e.score, k.f * e.weight AS w FROM events AS e JOIN k ON e.x = k.x",
-        );
-        assert!(
-            sql.contains("e._gato_process, e._gato_input, e._gato_row FROM"),
-            "{sql}"
-        );
+        let sql = carried("SELECT e.score, k.f * e.weight AS w FROM events AS e JOIN k ON e.x = k.x");
+        assert!(sql.contains("e._gato_process, e._gato_input, e._gato_row FROM"), "{sql}");
     }
 
     #[test]
     fn quoted_events_is_events() {
         let sql = carried("SELECT score FROM \"events\"");
-        assert!(
-            sql.contains("score, _gato_process, _gato_input, _gato_row FROM"),
-            "{sql}"
-        );
+        assert!(sql.contains("score, _gato_process, _gato_input, _gato_row FROM"), "{sql}");
     }
 
     #[test]

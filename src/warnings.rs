@@ -1,4 +1,4 @@
-//! The warnings gato logs during a run, kept so that `summary.json` and
+//! The warnings gato logs during a run, recorded so that `summary.json` and
 //! `report.html` list them next to the results they qualify.
 
 use std::fmt::Write as _;
@@ -14,7 +14,7 @@ static RECORDED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// A tracing layer that records the text of every warning logged by gato.
 ///
 /// `gato` installs it beside the terminal log, without the log's level
-/// filter, so that `--quiet` and `RUST_LOG` do not change what is kept.
+/// filter, so that `--quiet` and `RUST_LOG` do not change what is recorded.
 pub struct Collector;
 
 impl<S: Subscriber> Layer<S> for Collector {
@@ -80,9 +80,9 @@ mod tests {
             tracing::warn!(run = "sigmoid_k3", empty = 2, "{} categories are empty", 2);
             tracing::warn!(input = %"a.parquet", "no fields but this one");
         });
-        let kept = recorded()[before..].to_vec();
+        let logged = recorded()[before..].to_vec();
         assert_eq!(
-            kept,
+            logged,
             [
                 "2 categories are empty (run=sigmoid_k3, empty=2)",
                 "no fields but this one (input=a.parquet)",

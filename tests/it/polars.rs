@@ -27,8 +27,7 @@ fn select_with(p: &Pipeline, engine: SelectEngine, keep: Keep) -> gato::Result<E
     let mut p = p.clone();
     p.selection.engine = engine;
     let sources = Sources::open(&p)?;
-    let set =
-        runtime().block_on(select_into(&p, &sources, keep, &ProgressBar::hidden()))?;
+    let set = runtime().block_on(select_into(&p, &sources, keep, &ProgressBar::hidden()))?;
     match set {
         EventSet::Memory(events) => Ok(events),
         EventSet::Disk(_) => {
@@ -206,9 +205,7 @@ fn subqueries_and_union_all_agree() {
 
 #[test]
 fn lazy_query_matches_the_same_sql() {
-    let sql = pipeline(&toy_1d(
-        "SELECT score, weight * 3 AS w FROM events WHERE score >= 0.25",
-    ));
+    let sql = pipeline(&toy_1d("SELECT score, weight * 3 AS w FROM events WHERE score >= 0.25"));
     let reference = select_with(&sql, SelectEngine::DataFusion, Keep::Memory).unwrap();
     let mut lazy = sql.clone();
     lazy.selection.lazy = Some(LazyQuery::new(|events| {
@@ -221,12 +218,9 @@ fn lazy_query_matches_the_same_sql() {
 
     // A lazy query that drops the hidden columns is rejected.
     let mut dropped = sql.clone();
-    dropped.selection.lazy = Some(LazyQuery::new(|events| {
-        Ok(events.select([pl::col("score"), pl::col("weight")]))
-    }));
-    let e = select_with(&dropped, SelectEngine::Polars, Keep::Memory)
-        .unwrap_err()
-        .to_string();
+    dropped.selection.lazy =
+        Some(LazyQuery::new(|events| Ok(events.select([pl::col("score"), pl::col("weight")]))));
+    let e = select_with(&dropped, SelectEngine::Polars, Keep::Memory).unwrap_err().to_string();
     assert!(e.contains("cannot be traced back"), "{e}");
     assert!(e.contains("_gato_"), "{e}");
 }
@@ -238,21 +232,12 @@ fn non_selections_are_rejected() {
             "SELECT a.score, a.weight AS w FROM events a JOIN events b ON a.score = b.score",
             "self-join",
         ),
-        (
-            "SELECT process, SUM(weight) AS w, MAX(score) AS score FROM events GROUP BY process",
-            "GROUP BY",
-        ),
+        ("SELECT process, SUM(weight) AS w, MAX(score) AS score FROM events GROUP BY process", "GROUP BY"),
         ("SELECT DISTINCT score, weight AS w FROM events", "DISTINCT"),
-        (
-            "SELECT score, weight AS w FROM events UNION SELECT score, weight AS w FROM events",
-            "UNION ALL",
-        ),
+        ("SELECT score, weight AS w FROM events UNION SELECT score, weight AS w FROM events", "UNION ALL"),
         ("SELECT score, weight AS w, score AS _gato_x FROM events", "_gato_x"),
         ("SELECT score, weight AS w FROM events; SELECT 1", "exactly one SELECT"),
-        (
-            "SELECT score AS x, weight AS w FROM events",
-            "no column `score`; it returns [x, w]",
-        ),
+        ("SELECT score AS x, weight AS w FROM events", "no column `score`; it returns [x, w]"),
         ("SELECT score, process AS w FROM events", "column `w` has type str"),
         ("SELECT scor, weight AS w FROM events", "its columns are ["),
         (
@@ -323,22 +308,16 @@ fn run_with_polars_equals_run_with_datafusion() {
             }
         }
     }
-    let counts: Vec<String> =
-        unmatched.iter().map(|(v, n)| format!("{v}: {n}")).collect();
+    let counts: Vec<String> = unmatched.iter().map(|(v, n)| format!("{v}: {n}")).collect();
     let expected = format!("[{}] match no process", counts.join(", "));
     assert!(datafusion_log.contains(&expected), "{expected}\n{datafusion_log}");
     assert!(polars_log.contains(&expected), "{expected}\n{polars_log}");
 
-    // The warning is kept in summary.json and shown in report.html.
+    // The warning is recorded in summary.json and shown in report.html.
     for (summary, dir) in [(&datafusion, a.path()), (&polars, b.path())] {
-        let warnings: Vec<&str> = summary["warnings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        let unmatched: Vec<&&str> =
-            warnings.iter().filter(|w| w.contains(&expected)).collect();
+        let warnings: Vec<&str> =
+            summary["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        let unmatched: Vec<&&str> = warnings.iter().filter(|w| w.contains(&expected)).collect();
         assert_eq!(unmatched.len(), 1, "{warnings:?}");
         let html = std::fs::read_to_string(dir.join("out/report.html")).unwrap();
         assert!(html.contains("<h2>Warnings</h2>"), "no warnings section");
@@ -359,28 +338,19 @@ fn half_float_column_is_named() {
     let score = Float64Array::from(vec![0.9, 0.2, 0.4, 0.7]);
     let aux = cast(&score, &DataType::Float16).unwrap();
     let columns: Vec<(&str, ArrayRef)> = vec![
-        (
-            "process",
-            std::sync::Arc::new(StringArray::from(vec![
-                "signal", "bkg1", "bkg2", "bkg1",
-            ])),
-        ),
+        ("process", std::sync::Arc::new(StringArray::from(vec!["signal", "bkg1", "bkg2", "bkg1"]))),
         ("score", std::sync::Arc::new(score)),
         ("weight", std::sync::Arc::new(Float64Array::from(vec![1.0; 4]))),
         ("aux", aux),
     ];
     let batch = RecordBatch::try_from_iter(columns).unwrap();
     let mut writer =
-        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None)
-            .unwrap();
+        ArrowWriter::try_new(std::fs::File::create(&path).unwrap(), batch.schema(), None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
 
     let file = path.display().to_string();
-    let p = pipeline(&parquet_pipeline(
-        &[file.clone()],
-        "SELECT score, weight AS w FROM events",
-    ));
+    let p = pipeline(&parquet_pipeline(&[file.clone()], "SELECT score, weight AS w FROM events"));
     let e = select_with(&p, SelectEngine::Polars, Keep::Memory).unwrap_err().to_string();
     assert!(e.contains(&file), "{e}");
     assert!(e.contains("column `aux` is Float16"), "{e}");
@@ -392,8 +362,7 @@ fn half_float_column_is_named() {
 
 #[test]
 fn table_name_in_any_case_agrees() {
-    let lower =
-        pipeline(&toy_1d("SELECT score, weight AS w FROM events WHERE score > 0.5"));
+    let lower = pipeline(&toy_1d("SELECT score, weight AS w FROM events WHERE score > 0.5"));
     let expected = select_with(&lower, SelectEngine::DataFusion, Keep::Memory).unwrap();
     for table in ["EVENTS", "Events", "\\\"events\\\""] {
         let sql = format!("SELECT score, weight AS w FROM {table} WHERE score > 0.5");

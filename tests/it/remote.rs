@@ -217,7 +217,7 @@ fn run_reads_and_writes_s3() {
     }
 
     // `gato apply` with the model, the inputs and the outputs on the store
-    // writes what it writes with local files.
+    // writes the same categories as with local files.
     let model = format!("s3://{BUCKET}/out/sigmoid_k3/model.json");
     let inputs = format!("s3://{BUCKET}/in/*.parquet");
     let applied = format!("s3://{BUCKET}/applied");
